@@ -1,0 +1,117 @@
+"""Test harness: one real PostgreSQL + pgvector server per test run, one fresh database per test.
+
+The server is the embedded one the app itself uses (`pgserver`), started once in a temporary
+directory. A template database is migrated once; every test that asks for `db_conninfo` gets its
+own copy of it (CREATE DATABASE … TEMPLATE is a file copy, a few tens of milliseconds).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import database  # noqa: E402
+
+FACES_DIR = Path(os.environ.get("FACES_DIR", ROOT.parent / "shared" / "faces"))
+TEMPLATE_DB = "fa_template"
+_counter = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """The embedded PostgreSQL server for this test run (deleted afterwards)."""
+    import pgserver
+
+    base = Path(tempfile.mkdtemp(prefix="fa-pg-"))
+    os.chmod(base, 0o755)  # as root, pgserver runs postgres as another user that must reach it
+    server = pgserver.get_server(base / "pgdata", cleanup_mode="delete")
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def admin_conninfo(pg_server) -> str:
+    return pg_server.get_uri("postgres")
+
+
+@pytest.fixture(scope="session")
+def template_db(admin_conninfo) -> str:
+    """A database at the latest schema, used as the template of every test database."""
+    with psycopg.connect(admin_conninfo, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(TEMPLATE_DB)))
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(TEMPLATE_DB)))
+    database.migrate(with_dbname(admin_conninfo, TEMPLATE_DB))
+    return TEMPLATE_DB
+
+
+def with_dbname(conninfo: str, dbname: str) -> str:
+    params = psycopg.conninfo.conninfo_to_dict(conninfo)
+    params["dbname"] = dbname
+    return psycopg.conninfo.make_conninfo(**params)
+
+
+def create_database(admin_conninfo: str, template: str | None = None) -> str:
+    """Create a new, uniquely named database (from `template` if given); return its conninfo."""
+    name = f"t_{os.getpid()}_{next(_counter)}"
+    with psycopg.connect(admin_conninfo, autocommit=True) as conn:
+        query = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+        if template:
+            query = sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                sql.Identifier(name), sql.Identifier(template))
+        conn.execute(query)
+    return with_dbname(admin_conninfo, name)
+
+
+@pytest.fixture
+def empty_db(admin_conninfo) -> str:
+    """A new database with nothing in it (not even the vector extension)."""
+    return create_database(admin_conninfo)
+
+
+@pytest.fixture
+def db_conninfo(admin_conninfo, template_db) -> str:
+    """A new database at the latest schema, no face engine recorded yet."""
+    return create_database(admin_conninfo, template_db)
+
+
+@pytest.fixture
+def dlib_db(db_conninfo) -> str:
+    """A database at the latest schema whose embeddings are the dlib engine's (128-d)."""
+    database.ensure_engine(db_conninfo, "dlib", 128)
+    return db_conninfo
+
+
+@pytest.fixture
+async def pool(dlib_db):
+    """An open async pool on `dlib_db` (vector type registered on every connection)."""
+    p = database.async_pool(dlib_db, min_size=1, max_size=4)
+    await p.open(wait=True)
+    yield p
+    await p.close()
+
+
+@pytest.fixture
+def faces_dir() -> Path:
+    if not FACES_DIR.is_dir():
+        pytest.fail(f"test photos not found in {FACES_DIR}; set FACES_DIR")
+    return FACES_DIR
+
+
+@pytest.fixture
+def clean_env(monkeypatch, tmp_path):
+    """No Face Archiver variable from the developer's shell or .env leaks into a test."""
+    from config import env_var_names
+    for name in env_var_names():
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    return monkeypatch
