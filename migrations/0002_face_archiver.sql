@@ -232,3 +232,20 @@ CREATE INDEX idx_actions_pending ON dashboard_actions (id) WHERE status = 'pendi
 -- Errors link to the job they happened in.
 ALTER TABLE processing_errors ADD COLUMN job_id BIGINT;
 CREATE INDEX idx_errors_job ON processing_errors (job_id) WHERE job_id IS NOT NULL;
+
+-- ---------------------------------------------------------------------------------------------
+-- uploaded_media now holds due posts too: a person's message_count counts only what was posted.
+CREATE OR REPLACE FUNCTION update_topic_stats(p_topic_id INTEGER)
+RETURNS void AS $$
+BEGIN
+    UPDATE telegram_topics t
+    SET
+        embedding_count = (
+            SELECT COUNT(*) FROM face_embeddings WHERE topic_id = t.id
+        ),
+        message_count = (
+            SELECT COUNT(*) FROM uploaded_media WHERE topic_id = t.id AND status = 'posted'
+        )
+    WHERE t.id = p_topic_id;
+END;
+$$ LANGUAGE plpgsql;

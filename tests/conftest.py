@@ -115,3 +115,26 @@ def clean_env(monkeypatch, tmp_path):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path)
     return monkeypatch
+
+
+@pytest.fixture(scope="session")
+def dlib_processor():
+    """The real dlib face engine, loaded once per test run."""
+    from media_processor import FaceProcessor
+    return FaceProcessor("dlib", min_quality=0.0)
+
+
+@pytest.fixture(scope="session")
+def analysed_faces(dlib_processor) -> dict:
+    """{file name: [DetectedFace, …]} for every photo in the shared faces folder, found once per run
+    with the real dlib engine (the photos are slow to analyse; tests share the result)."""
+    photos = sorted(p for p in FACES_DIR.iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
+    return {p.name: dlib_processor.detect(p) for p in photos}
+
+
+@pytest.fixture(scope="session")
+def face_labels() -> dict:
+    """{file name: [identity, …]} from labels.csv (named people only; group photos list several)."""
+    import csv
+    with open(FACES_DIR / "labels.csv", newline="") as f:
+        return {row["file"]: [i for i in row["identity"].split(";") if i] for row in csv.DictReader(f)}

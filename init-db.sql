@@ -1,0 +1,311 @@
+-- init-db.sql: the full current schema of Face Archiver, for a new, empty database.
+--
+-- The Docker postgres container runs this once when it creates its database. The application
+-- itself does not need it: at start-up it applies the numbered files in migrations/ to any
+-- database (empty, made by this file, or made by the original requirements' script) and records
+-- them in schema_migrations. tests/test_database.py proves that this file and the migrations
+-- produce the same schema; change both together.
+
+CREATE EXTENSION IF NOT EXISTS vector;
+
+-- Which migrations this schema contains (the app applies only later ones).
+CREATE TABLE schema_migrations (
+    version INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+INSERT INTO schema_migrations (version, name) VALUES (1, 'seed_schema'), (2, 'face_archiver');
+
+-- The face engine that made the stored embeddings (one row at most). Embeddings of two models
+-- are not comparable, so the application refuses to start with another engine.
+CREATE TABLE face_engine (
+    singleton BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (singleton),
+    engine TEXT NOT NULL,
+    dimension INTEGER NOT NULL CHECK (dimension > 0),
+    recorded_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+
+-- ============================================
+-- Telegram accounts
+-- ============================================
+CREATE TABLE telegram_accounts (
+    id SERIAL PRIMARY KEY,
+    phone_number VARCHAR(20) UNIQUE NOT NULL,
+    session_file_path VARCHAR(255) NOT NULL,
+    status VARCHAR(20) DEFAULT 'active' CHECK (status IN ('active', 'paused', 'error')),
+    created_at TIMESTAMPTZ DEFAULT CURRENT_TIMESTAMP,
+    last_active TIMESTAMPTZ DEFAULT CURRENT_TIMESTAMP,
+    telegram_user_id BIGINT,
+    username TEXT,
+    display_name TEXT,
+    flood_wait_until TIMESTAMPTZ,      -- a long flood wait pauses this account only, until then
+    last_error TEXT
+);
+CREATE INDEX idx_accounts_status ON telegram_accounts(status);
+CREATE INDEX idx_accounts_last_active ON telegram_accounts(last_active DESC);
+
+-- ============================================
+-- Persons (one forum topic each, once it exists)
+-- ============================================
+CREATE TABLE telegram_topics (
+    id SERIAL PRIMARY KEY,
+    topic_id BIGINT UNIQUE,                  -- Telegram's topic id; NULL until the topic exists
+    label VARCHAR(255) DEFAULT 'Unknown Person',
+    first_seen TIMESTAMPTZ DEFAULT CURRENT_TIMESTAMP,
+    last_seen TIMESTAMPTZ DEFAULT CURRENT_TIMESTAMP,
+    exemplar_image_url TEXT,
+    embedding_count INTEGER DEFAULT 0,
+    message_count INTEGER DEFAULT 0,
+    label_is_manual BOOLEAN NOT NULL DEFAULT FALSE,   -- named by the operator: never dissolved
+    hidden BOOLEAN NOT NULL DEFAULT FALSE,            -- no more posts, not in the gallery
+    merged_into INTEGER REFERENCES telegram_topics(id) ON DELETE SET NULL,
+    cover_face_id BIGINT,                             -- FK below, once face_embeddings exists
+    cover_is_manual BOOLEAN NOT NULL DEFAULT FALSE,
+    hub_chat_id BIGINT,                               -- the hub its topic lives in
+    topic_title TEXT,                                 -- the title as it is on Telegram
+    cover_message_id BIGINT,                          -- the cover crop posted first in the topic
+    created_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+CREATE INDEX idx_topics_label ON telegram_topics(label);
+CREATE INDEX idx_topics_last_seen ON telegram_topics(last_seen DESC);
+CREATE INDEX idx_topics_embedding_count ON telegram_topics(embedding_count DESC);
+CREATE INDEX idx_topics_active ON telegram_topics (id) WHERE merged_into IS NULL AND NOT hidden;
+
+-- ============================================
+-- Watched chats and their history cursors
+-- ============================================
+-- chat_id is Telegram's marked id (-100… channels and supergroups, negative basic groups,
+-- positive users), the convention used everywhere in this schema.
+CREATE TABLE scan_checkpoints (
+    id SERIAL PRIMARY KEY,
+    account_id INTEGER REFERENCES telegram_accounts(id) ON DELETE CASCADE,
+    chat_id BIGINT NOT NULL,
+    chat_title VARCHAR(255),
+    last_processed_message_id BIGINT NOT NULL DEFAULT 0,
+    total_messages INTEGER DEFAULT 0,
+    processed_messages INTEGER DEFAULT 0,
+    scan_mode VARCHAR(20) DEFAULT 'backfill' CHECK (scan_mode IN ('backfill', 'realtime')),
+    last_updated TIMESTAMPTZ DEFAULT CURRENT_TIMESTAMP,
+    chat_username TEXT,
+    chat_type TEXT CHECK (chat_type IN ('channel', 'supergroup', 'group', 'user')),
+    noforwards BOOLEAN NOT NULL DEFAULT FALSE,
+    state TEXT NOT NULL DEFAULT 'active' CHECK (state IN ('active', 'paused', 'removed')),
+    deferred_until TIMESTAMPTZ,
+    last_sweep_at TIMESTAMPTZ,
+    skipped_media INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    added_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    UNIQUE(account_id, chat_id)
+);
+CREATE INDEX idx_checkpoints_account ON scan_checkpoints(account_id);
+CREATE INDEX idx_checkpoints_mode ON scan_checkpoints(scan_mode);
+CREATE INDEX idx_checkpoints_last_updated ON scan_checkpoints(last_updated DESC);
+
+-- ============================================
+-- Media items and the job queue
+-- ============================================
+-- A media item: one photo or document, however many messages carry it. Key: 'photo:<id>' /
+-- 'document:<id>' for Telegram media, 'sha256:<hex>' for files of a Telegram Desktop export.
+CREATE TABLE media_items (
+    id BIGSERIAL PRIMARY KEY,
+    media_key TEXT NOT NULL UNIQUE,
+    media_type TEXT NOT NULL CHECK (media_type IN ('photo', 'image', 'video', 'round', 'gif')),
+    mime_type TEXT,
+    file_size BIGINT,
+    source_chat_id BIGINT NOT NULL,          -- the first message it was seen in
+    source_message_id BIGINT NOT NULL,
+    message_date TIMESTAMPTZ,
+    status TEXT NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'analysed', 'failed', 'skipped')),
+    face_count INTEGER,
+    analysed_at TIMESTAMPTZ,
+    created_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+
+-- One job per source message with media, claimed with FOR UPDATE SKIP LOCKED under a lease.
+--   queued -> downloaded by the process holding account_id's client -> staged -> analysed by
+--   any worker -> done | failed | skipped
+CREATE TABLE media_jobs (
+    id BIGSERIAL PRIMARY KEY,
+    source_chat_id BIGINT NOT NULL,
+    source_message_id BIGINT NOT NULL,
+    account_id INTEGER REFERENCES telegram_accounts(id) ON DELETE SET NULL,
+    origin TEXT NOT NULL DEFAULT 'telegram' CHECK (origin IN ('telegram', 'export')),
+    media_key TEXT NOT NULL,
+    media_type TEXT NOT NULL CHECK (media_type IN ('photo', 'image', 'video', 'round', 'gif')),
+    mime_type TEXT,
+    file_size BIGINT,
+    message_date TIMESTAMPTZ,
+    media_item_id BIGINT REFERENCES media_items(id) ON DELETE SET NULL,
+    status TEXT NOT NULL DEFAULT 'queued'
+        CHECK (status IN ('queued', 'staged', 'done', 'failed', 'skipped')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    run_after TIMESTAMPTZ NOT NULL DEFAULT now(),
+    lease_owner TEXT,
+    lease_expires_at TIMESTAMPTZ,
+    staged_path TEXT,
+    staged_owned BOOLEAN NOT NULL DEFAULT TRUE,   -- false: the operator's own file, never deleted
+    last_error TEXT,
+    created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    updated_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    finished_at TIMESTAMPTZ,
+    UNIQUE (source_chat_id, source_message_id)
+);
+CREATE INDEX idx_jobs_claimable ON media_jobs (run_after) WHERE status IN ('queued', 'staged');
+CREATE INDEX idx_jobs_account_status ON media_jobs (account_id, status);
+CREATE INDEX idx_jobs_media_key ON media_jobs (media_key);
+CREATE INDEX idx_jobs_status ON media_jobs (status);
+
+-- ============================================
+-- Faces
+-- ============================================
+-- topic_id is the person; NULL while the face waits in the pending pool or for review.
+-- The embedding's dimension follows the face engine (set when the engine is first recorded).
+CREATE TABLE face_embeddings (
+    id BIGSERIAL PRIMARY KEY,
+    topic_id INTEGER REFERENCES telegram_topics(id) ON DELETE CASCADE,
+    embedding vector(512) NOT NULL,
+    source_chat_id BIGINT NOT NULL,
+    source_message_id BIGINT NOT NULL,
+    quality_score REAL DEFAULT 0.0 CHECK (quality_score >= 0.0 AND quality_score <= 1.0),
+    detection_timestamp TIMESTAMPTZ DEFAULT CURRENT_TIMESTAMP,
+    media_item_id BIGINT REFERENCES media_items(id) ON DELETE CASCADE,
+    job_id BIGINT REFERENCES media_jobs(id) ON DELETE SET NULL,
+    bbox REAL[] CHECK (bbox IS NULL OR cardinality(bbox) = 4),
+    landmarks REAL[],
+    det_score REAL,
+    crop_jpeg BYTEA,
+    frame_time REAL,                          -- seconds into a video; NULL for photos
+    track_id INTEGER,                         -- the face's track within its video
+    low_quality BOOLEAN NOT NULL DEFAULT FALSE,   -- may join a person, never seed one
+    state TEXT NOT NULL DEFAULT 'pending'
+        CHECK (state IN ('pending', 'assigned', 'review', 'dismissed')),
+    assigned_by TEXT CHECK (assigned_by IN ('auto', 'seed', 'operator')),
+    match_similarity REAL,
+    review_candidates JSONB,
+    CONSTRAINT face_person_matches_state CHECK ((state = 'assigned') = (topic_id IS NOT NULL))
+);
+CREATE INDEX idx_embeddings_topic ON face_embeddings(topic_id);
+CREATE INDEX idx_embeddings_source ON face_embeddings(source_chat_id, source_message_id);
+CREATE INDEX idx_embeddings_quality ON face_embeddings(quality_score DESC);
+CREATE INDEX idx_embeddings_timestamp ON face_embeddings(detection_timestamp DESC);
+CREATE INDEX idx_embeddings_media_item ON face_embeddings (media_item_id);
+CREATE INDEX idx_embeddings_state ON face_embeddings (state) WHERE state IN ('pending', 'review');
+-- HNSW, not ivfflat: no training on an empty table, good recall as rows arrive.
+CREATE INDEX idx_embeddings_vector ON face_embeddings
+    USING hnsw (embedding vector_cosine_ops) WITH (m = 16, ef_construction = 200);
+
+ALTER TABLE telegram_topics ADD CONSTRAINT telegram_topics_cover_face_fkey
+    FOREIGN KEY (cover_face_id) REFERENCES face_embeddings(id) ON DELETE SET NULL;
+
+-- "Not this person": the matcher never puts the face back into that person.
+CREATE TABLE face_rejections (
+    face_id BIGINT NOT NULL REFERENCES face_embeddings(id) ON DELETE CASCADE,
+    topic_id INTEGER NOT NULL REFERENCES telegram_topics(id) ON DELETE CASCADE,
+    created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    PRIMARY KEY (face_id, topic_id)
+);
+
+-- "Maybe the same person": for the operator to confirm; a rejection is remembered.
+CREATE TABLE merge_suggestions (
+    id BIGSERIAL PRIMARY KEY,
+    person_a INTEGER NOT NULL REFERENCES telegram_topics(id) ON DELETE CASCADE,
+    person_b INTEGER NOT NULL REFERENCES telegram_topics(id) ON DELETE CASCADE,
+    score REAL NOT NULL,
+    status TEXT NOT NULL DEFAULT 'open' CHECK (status IN ('open', 'accepted', 'rejected')),
+    created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    decided_at TIMESTAMPTZ,
+    CHECK (person_a < person_b),
+    UNIQUE (person_a, person_b)
+);
+
+-- ============================================
+-- The upload outbox
+-- ============================================
+-- A row is due once a person and a media item meet, posted at most once per (person, item).
+-- random_id goes with the post so Telegram refuses a second copy after a crash.
+CREATE TABLE uploaded_media (
+    id BIGSERIAL PRIMARY KEY,
+    topic_id INTEGER REFERENCES telegram_topics(id) ON DELETE CASCADE,
+    source_message_id BIGINT NOT NULL,
+    source_chat_id BIGINT NOT NULL,
+    uploaded_message_id BIGINT,
+    uploaded_at TIMESTAMPTZ,
+    media_item_id BIGINT REFERENCES media_items(id) ON DELETE CASCADE,
+    status TEXT NOT NULL DEFAULT 'pending'
+        CHECK (status IN ('pending', 'sending', 'posted', 'failed', 'cancelled')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    run_after TIMESTAMPTZ NOT NULL DEFAULT now(),
+    random_id BIGINT,
+    last_error TEXT,
+    created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    UNIQUE(topic_id, source_message_id, source_chat_id),
+    CONSTRAINT uploaded_media_topic_item_key UNIQUE (topic_id, media_item_id),
+    CONSTRAINT posted_has_message CHECK (status <> 'posted' OR uploaded_message_id IS NOT NULL)
+);
+CREATE INDEX idx_uploaded_source ON uploaded_media(source_chat_id, source_message_id);
+CREATE INDEX idx_uploaded_topic ON uploaded_media(topic_id);
+CREATE INDEX idx_uploaded_due ON uploaded_media (run_after) WHERE status IN ('pending', 'sending');
+
+-- ============================================
+-- Requests for the daemon (dashboard corrections, new chats)
+-- ============================================
+CREATE TABLE dashboard_actions (
+    id BIGSERIAL PRIMARY KEY,
+    action TEXT NOT NULL,
+    payload JSONB NOT NULL DEFAULT '{}'::jsonb,
+    status TEXT NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'done', 'failed')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    error TEXT,
+    created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    applied_at TIMESTAMPTZ
+);
+CREATE INDEX idx_actions_pending ON dashboard_actions (id) WHERE status = 'pending';
+
+-- ============================================
+-- Metrics and errors for the dashboard
+-- ============================================
+CREATE TABLE processing_metrics (
+    id SERIAL PRIMARY KEY,
+    metric_name VARCHAR(100) NOT NULL,
+    metric_value BIGINT NOT NULL,
+    recorded_at TIMESTAMPTZ DEFAULT CURRENT_TIMESTAMP
+);
+CREATE INDEX idx_metrics_name_time ON processing_metrics(metric_name, recorded_at DESC);
+
+CREATE TABLE processing_errors (
+    id SERIAL PRIMARY KEY,
+    error_type VARCHAR(100) NOT NULL,
+    error_message TEXT NOT NULL,
+    error_context JSONB,
+    error_timestamp TIMESTAMPTZ DEFAULT CURRENT_TIMESTAMP,
+    job_id BIGINT
+);
+CREATE INDEX idx_errors_timestamp ON processing_errors(error_timestamp DESC);
+CREATE INDEX idx_errors_type ON processing_errors(error_type);
+CREATE INDEX idx_errors_job ON processing_errors (job_id) WHERE job_id IS NOT NULL;
+
+-- ============================================
+-- Maintenance functions (from the original requirements)
+-- ============================================
+CREATE OR REPLACE FUNCTION cleanup_old_metrics()
+RETURNS void AS $$
+BEGIN
+    DELETE FROM processing_metrics
+    WHERE recorded_at < NOW() - INTERVAL '30 days';
+END;
+$$ LANGUAGE plpgsql;
+
+CREATE OR REPLACE FUNCTION update_topic_stats(p_topic_id INTEGER)
+RETURNS void AS $$
+BEGIN
+    UPDATE telegram_topics t
+    SET
+        embedding_count = (
+            SELECT COUNT(*) FROM face_embeddings WHERE topic_id = t.id
+        ),
+        message_count = (
+            SELECT COUNT(*) FROM uploaded_media WHERE topic_id = t.id AND status = 'posted'
+        )
+    WHERE t.id = p_topic_id;
+END;
+$$ LANGUAGE plpgsql;

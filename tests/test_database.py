@@ -1,0 +1,284 @@
+"""The schema, its migrations, the engine record and the pool, on a real PostgreSQL + pgvector."""
+
+from __future__ import annotations
+
+import re
+import threading
+from pathlib import Path
+
+import numpy as np
+import psycopg
+import pytest
+
+import database
+from conftest import ROOT
+
+SEED = ROOT.parent / "shared" / "seed" / "000_3f8ce85e04821e39.txt"
+
+
+def seed_init_sql() -> str:
+    """The seed's own init-db.sql, exactly as the original requirements print it."""
+    text = SEED.read_text()
+    start = text.index("```sql\n-- init-db.sql") + len("```sql\n")
+    return text[start:text.index("```", start)]
+
+
+def run_script(conninfo: str, script: str) -> None:
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute(script)
+
+
+def version_rows(conninfo: str) -> list[tuple[int, str]]:
+    with psycopg.connect(conninfo) as conn:
+        return conn.execute("SELECT version, name FROM schema_migrations ORDER BY version").fetchall()
+
+
+# --- migrations --------------------------------------------------------------------------------
+
+
+def test_migrations_are_numbered_in_order():
+    found = database.migrations()
+    assert [m.version for m in found] == list(range(1, len(found) + 1))
+    assert found[0].name == "seed_schema"
+
+
+def test_migrating_twice_changes_nothing(empty_db):
+    assert database.migrate(empty_db) == database.latest_version()
+    before = version_rows(empty_db)
+    assert database.migrate(empty_db) == database.latest_version()
+    assert version_rows(empty_db) == before
+    assert [v for v, _ in before] == list(range(1, database.latest_version() + 1))
+
+
+def test_two_processes_starting_together_migrate_once(empty_db):
+    results, errors = [], []
+
+    def start():
+        try:
+            results.append(database.migrate(empty_db))
+        except Exception as exc:  # the assertion below shows it
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert results == [database.latest_version()] * 3
+    assert len(version_rows(empty_db)) == database.latest_version()
+
+
+def test_a_failing_migration_leaves_the_previous_version(empty_db, tmp_path, monkeypatch):
+    for m in database.migrations():
+        (tmp_path / m.path.name).write_text(m.read())
+    (tmp_path / f"{database.latest_version() + 1:04d}_broken.sql").write_text(
+        "ALTER TABLE media_jobs ADD COLUMN half_done INTEGER;\nSELECT no_such_function();\n")
+    monkeypatch.setattr(database, "MIGRATIONS_DIR", tmp_path)
+    with pytest.raises(psycopg.errors.UndefinedFunction):
+        database.migrate(empty_db)
+    monkeypatch.undo()
+    with psycopg.connect(empty_db) as conn:
+        assert database.schema_version(conn) == database.latest_version()
+        columns = conn.execute("SELECT column_name FROM information_schema.columns "
+                               "WHERE table_name = 'media_jobs'").fetchall()
+    assert ("half_done",) not in columns
+
+
+def test_a_database_made_by_the_seed_script_upgrades_and_keeps_its_rows(empty_db):
+    run_script(empty_db, seed_init_sql())
+    vec = "[" + ",".join(["0.03"] * 512) + "]"
+    run_script(empty_db, f"""
+        INSERT INTO telegram_accounts (phone_number, session_file_path) VALUES ('+15550001', '/s/1.session');
+        INSERT INTO telegram_topics (topic_id, label) VALUES (77, 'Ada');
+        INSERT INTO face_embeddings (topic_id, embedding, source_chat_id, source_message_id, quality_score)
+            VALUES (1, '{vec}', -1001, 5, 0.9);
+        INSERT INTO scan_checkpoints (account_id, chat_id, chat_title, last_processed_message_id)
+            VALUES (1, -1001, 'Family', 5);
+        INSERT INTO uploaded_media (topic_id, source_message_id, source_chat_id, uploaded_message_id)
+            VALUES (1, 5, -1001, 901);
+        INSERT INTO processing_errors (error_type, error_message) VALUES ('DownloadError', 'timeout');
+    """)
+    assert database.migrate(empty_db) == database.latest_version()
+    assert version_rows(empty_db)[0] == (1, "seed_schema")
+    with psycopg.connect(empty_db) as conn:
+        assert conn.execute("SELECT label, topic_id, hidden FROM telegram_topics").fetchall() == [("Ada", 77, False)]
+        assert conn.execute("SELECT state, quality_score FROM face_embeddings").fetchall() == [
+            ("assigned", pytest.approx(0.9))]
+        assert conn.execute("SELECT status, uploaded_message_id FROM uploaded_media").fetchall() == [("posted", 901)]
+        assert conn.execute("SELECT chat_title, last_processed_message_id, state FROM scan_checkpoints"
+                            ).fetchall() == [("Family", 5, "active")]
+        assert conn.execute("SELECT count(*) FROM processing_errors").fetchone() == (1,)
+        index = conn.execute("SELECT indexdef FROM pg_indexes WHERE indexname = 'idx_embeddings_vector'").fetchone()[0]
+    assert "hnsw" in index and "ivfflat" not in index
+    # Its 512-d faces were made by ArcFace: that engine is accepted, another one is refused.
+    with pytest.raises(database.EngineMismatch):
+        database.ensure_engine(empty_db, "dlib", 128)
+    assert database.ensure_engine(empty_db, "insightface", 512) == database.EngineRecord("insightface", 512)
+
+
+def schema_snapshot(conninfo: str) -> dict:
+    """Everything that makes up the public schema, in a form two databases can be compared by."""
+    with psycopg.connect(conninfo) as conn:
+        columns = conn.execute("""
+            SELECT table_name, column_name, data_type, udt_name, is_nullable, column_default,
+                   character_maximum_length
+            FROM information_schema.columns WHERE table_schema = 'public'
+            ORDER BY table_name, column_name""").fetchall()
+        vector_dims = conn.execute("""
+            SELECT c.relname, a.attname, a.atttypmod FROM pg_attribute a
+            JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE n.nspname = 'public' AND a.atttypid = 'vector'::regtype ORDER BY 1, 2""").fetchall()
+        constraints = conn.execute("""
+            SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid)
+            FROM pg_constraint WHERE connamespace = 'public'::regnamespace ORDER BY 1, 2""").fetchall()
+        indexes = conn.execute(
+            "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public' ORDER BY 1").fetchall()
+        functions = conn.execute("""
+            SELECT p.proname, pg_get_function_arguments(p.oid),
+                   trim(regexp_replace(p.prosrc, '\s+', ' ', 'g')) FROM pg_proc p
+            WHERE p.pronamespace = 'public'::regnamespace
+              AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = p.oid AND d.deptype = 'e')
+            ORDER BY 1""").fetchall()
+        extensions = conn.execute("SELECT extname FROM pg_extension ORDER BY 1").fetchall()
+        versions = conn.execute("SELECT version, name FROM schema_migrations ORDER BY 1").fetchall()
+    return {"columns": columns, "vector_dims": vector_dims, "constraints": constraints,
+            "indexes": indexes, "functions": functions, "extensions": extensions, "versions": versions}
+
+
+def test_init_db_sql_and_the_migrations_make_the_same_schema(admin_conninfo):
+    from conftest import create_database
+    migrated, scripted = create_database(admin_conninfo), create_database(admin_conninfo)
+    database.migrate(migrated)
+    run_script(scripted, (ROOT / "init-db.sql").read_text())
+    expected, actual = schema_snapshot(migrated), schema_snapshot(scripted)
+    for part in expected:
+        assert actual[part] == expected[part], f"init-db.sql differs from the migrations in {part}"
+    # …and the app treats a database made by init-db.sql as up to date.
+    assert database.migrate(scripted) == database.latest_version()
+
+
+# --- constraints -------------------------------------------------------------------------------
+
+
+def insert_job(conn, chat=-1001, message=1, **extra):
+    values = {"source_chat_id": chat, "source_message_id": message, "media_key": f"photo:{message}",
+              "media_type": "photo"} | extra
+    cols = list(values)
+    conn.execute(
+        psycopg.sql.SQL("INSERT INTO media_jobs ({}) VALUES ({})").format(
+            psycopg.sql.SQL(", ").join(map(psycopg.sql.Identifier, cols)),
+            psycopg.sql.SQL(", ").join(psycopg.sql.Placeholder() * len(cols))),
+        list(values.values()))
+
+
+def test_a_message_has_one_job(db_conninfo):
+    with psycopg.connect(db_conninfo) as conn:
+        insert_job(conn, message=10)
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            insert_job(conn, message=10)
+
+
+@pytest.mark.parametrize("statement", [
+    "INSERT INTO scan_checkpoints (chat_id, scan_mode) VALUES (-1001, 'sometimes')",
+    "INSERT INTO scan_checkpoints (chat_id, state) VALUES (-1001, 'asleep')",
+    "INSERT INTO media_jobs (source_chat_id, source_message_id, media_key, media_type, status)"
+    " VALUES (-1001, 1, 'photo:1', 'photo', 'lost')",
+    "INSERT INTO media_jobs (source_chat_id, source_message_id, media_key, media_type)"
+    " VALUES (-1001, 1, 'photo:1', 'sticker')",
+    "INSERT INTO uploaded_media (topic_id, source_message_id, source_chat_id, status)"
+    " VALUES (NULL, 1, -1001, 'posted')",
+    "INSERT INTO face_engine (engine, dimension) VALUES ('dlib', 0)",
+])
+def test_values_outside_their_domain_are_refused(db_conninfo, statement):
+    with psycopg.connect(db_conninfo) as conn, pytest.raises(psycopg.errors.CheckViolation):
+        conn.execute(statement)
+
+
+def face_row(conn, *, quality=0.8, topic=None, state="pending", dim=128):
+    conn.execute(
+        """INSERT INTO face_embeddings (topic_id, embedding, source_chat_id, source_message_id,
+                                        quality_score, state)
+           VALUES (%s, %s, -1001, 1, %s, %s)""",
+        (topic, np.full(dim, 1 / np.sqrt(dim), dtype=np.float32), quality, state))
+
+
+def test_face_quality_stays_in_its_range(dlib_db):
+    from pgvector.psycopg import register_vector
+    with psycopg.connect(dlib_db) as conn:
+        register_vector(conn)
+        face_row(conn, quality=1.0)
+        with pytest.raises(psycopg.errors.CheckViolation):
+            face_row(conn, quality=1.2)
+
+
+def test_a_face_is_assigned_exactly_when_it_has_a_person(dlib_db):
+    from pgvector.psycopg import register_vector
+    with psycopg.connect(dlib_db) as conn:
+        register_vector(conn)
+        person = conn.execute("INSERT INTO telegram_topics (label) VALUES ('Person 1') RETURNING id").fetchone()[0]
+        face_row(conn, topic=person, state="assigned")
+        with pytest.raises(psycopg.errors.CheckViolation):
+            face_row(conn, topic=None, state="assigned")
+
+
+def test_a_media_item_is_posted_once_per_person(db_conninfo):
+    with psycopg.connect(db_conninfo) as conn:
+        person = conn.execute("INSERT INTO telegram_topics (label) VALUES ('P') RETURNING id").fetchone()[0]
+        item = conn.execute("""INSERT INTO media_items (media_key, media_type, source_chat_id, source_message_id)
+                               VALUES ('photo:1', 'photo', -1001, 1) RETURNING id""").fetchone()[0]
+        due = """INSERT INTO uploaded_media (topic_id, media_item_id, source_chat_id, source_message_id)
+                 VALUES (%s, %s, %s, %s)"""
+        conn.execute(due, (person, item, -1001, 1))
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            conn.execute(due, (person, item, -1002, 7))  # the same photo forwarded elsewhere
+
+
+# --- face engine -------------------------------------------------------------------------------
+
+
+def test_the_first_engine_sets_the_embedding_dimension_and_another_is_refused(db_conninfo):
+    assert database.ensure_engine(db_conninfo, "dlib", 128) == database.EngineRecord("dlib", 128)
+    with psycopg.connect(db_conninfo) as conn:
+        assert database.embedding_column_dimension(conn) == 128
+    assert database.ensure_engine(db_conninfo, "dlib", 128).engine == "dlib"
+    with pytest.raises(database.EngineMismatch, match=r"main.py reindex --engine insightface"):
+        database.ensure_engine(db_conninfo, "insightface", 512)
+
+
+def test_reindex_switches_engine_and_queues_media_again(dlib_db):
+    from pgvector.psycopg import register_vector
+    with psycopg.connect(dlib_db) as conn:
+        register_vector(conn)
+        face_row(conn)
+        insert_job(conn, message=3, status="done")
+        insert_job(conn, message=4, status="skipped")
+    assert database.reindex(dlib_db, "insightface", 512) == 1
+    with psycopg.connect(dlib_db) as conn:
+        assert conn.execute("SELECT count(*) FROM face_embeddings").fetchone() == (0,)
+        assert conn.execute("SELECT source_message_id, status FROM media_jobs ORDER BY 1").fetchall() == [
+            (3, "queued"), (4, "skipped")]
+        assert database.embedding_column_dimension(conn) == 512
+    assert database.ensure_engine(dlib_db, "insightface", 512).dimension == 512
+
+
+# --- queries and pool --------------------------------------------------------------------------
+
+
+def test_named_queries_are_parameterised():
+    for name in database.queries.names():
+        statement = getattr(database.queries, name)
+        # Values reach SQL only as %(name)s / %s placeholders, never through Python formatting.
+        assert not re.search(r"\{[a-z_]*\}", statement), name
+
+
+async def test_the_pool_survives_a_database_restart(pool, pg_server):
+    from pgserver._commands import pg_ctl
+
+    async with pool.connection() as conn:
+        assert await (await conn.execute("SELECT 1")).fetchone() == (1,)
+    pg_ctl(["-w", "restart", "-m", "fast"], pgdata=pg_server.pgdata, user=pg_server.system_user)
+    async with pool.connection() as conn:
+        cur = await conn.execute("SELECT %s::vector <=> %s::vector",
+                                 (np.array([1, 0], dtype=np.float32), np.array([0, 1], dtype=np.float32)))
+        assert (await cur.fetchone())[0] == pytest.approx(1.0)
