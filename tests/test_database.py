@@ -136,7 +136,7 @@ def schema_snapshot(conninfo: str) -> dict:
             "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public' ORDER BY 1").fetchall()
         functions = conn.execute("""
             SELECT p.proname, pg_get_function_arguments(p.oid),
-                   trim(regexp_replace(p.prosrc, '\s+', ' ', 'g')) FROM pg_proc p
+                   trim(regexp_replace(p.prosrc, '\\s+', ' ', 'g')) FROM pg_proc p
             WHERE p.pronamespace = 'public'::regnamespace
               AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = p.oid AND d.deptype = 'e')
             ORDER BY 1""").fetchall()
