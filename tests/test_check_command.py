@@ -57,3 +57,35 @@ def test_check_upgrades_a_seed_database_without_losing_rows(tmp_path, admin_conn
         assert conn.execute("SELECT max(version) FROM schema_migrations").fetchone()[0] >= 2
         assert conn.execute("SELECT topic_id, label FROM telegram_topics").fetchall() == [(12, "Grandma")]
         assert conn.execute("SELECT metric_value FROM processing_metrics").fetchall() == [(40,)]
+
+
+HOLDER = """
+import sys
+sys.path.insert(0, {root!r})
+from pathlib import Path
+import psycopg, database
+server = database.start_embedded(Path({pgdata!r}), "face_archiver")
+print("ready", flush=True)
+sys.stdin.readline()                      # the test runs `check` meanwhile
+with psycopg.connect(server.conninfo) as conn:
+    print("still up", conn.execute("SELECT max(version) FROM schema_migrations").fetchone()[0], flush=True)
+"""
+
+
+def test_processes_share_one_embedded_server(tmp_path):
+    """The daemon, the dashboard and the scripts use the same embedded server; one of them
+    exiting does not stop it under the others."""
+    os.chmod(tmp_path, 0o755)
+    data = tmp_path / "data"
+    data.mkdir()
+    code = HOLDER.format(root=str(ROOT), pgdata=str(data / "postgres"))
+    holder = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True, cwd=tmp_path)
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        done = run_check(tmp_path, {"DATA_DIR": str(data), "FACE_ENGINE": "dlib"})
+        assert done.returncode == 0, done.stderr
+        out, _ = holder.communicate("go\n", timeout=60)
+    finally:
+        holder.kill()
+    assert out.strip() == f"still up {database.latest_version()}"
