@@ -84,6 +84,31 @@ def find_insightface_models(models_dir: Path, pack: str = INSIGHTFACE_PACK) -> d
     return paths
 
 
+def download_insightface_models(models_dir: Path, pack: str = INSIGHTFACE_PACK) -> dict[str, Path]:
+    """Download `pack` into ``models_dir/models/<pack>`` with insightface's own downloader, once.
+
+    For the Docker build (the weights are baked into the image) and for a first run outside
+    Docker that the operator started with the default engine. Already present: nothing is
+    fetched. Raises `ModelUnavailableError` when the download fails (e.g. no network).
+    """
+    try:
+        return find_insightface_models(models_dir, pack)
+    except ModelUnavailableError:
+        pass
+    from insightface.utils import storage
+
+    root = Path(models_dir).expanduser()
+    log.info("downloading InsightFace %s into %s (once; about 300 MB)", pack, root / "models")
+    try:
+        storage.download("models", pack, force=True, root=str(root))
+    except Exception as exc:  # noqa: BLE001 - urllib/requests/zipfile errors alike mean "not fetched"
+        raise ModelUnavailableError(
+            f"could not download InsightFace '{pack}' into {root / 'models'} "
+            f"({type(exc).__name__}: {exc}); place the files there by hand, or use the dlib engine"
+        ) from exc
+    return find_insightface_models(models_dir, pack)
+
+
 def raw_face_from_insightface(face: Any) -> RawFace:
     """Convert an ``insightface.app.common.Face`` (bbox, kps, det_score, embedding) to a RawFace."""
     if face.kps is None or face.embedding is None:

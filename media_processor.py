@@ -33,13 +33,14 @@ import numpy as np
 from PIL import Image
 
 from face_engines import DlibEngine, InsightFaceEngine, ModelUnavailableError, RawFace
+from face_engines import download_insightface_models
 from face_engines import box_iou, raw_face_from_insightface
 from media_decode import DEFAULT_MAX_PIXELS, ImageInput, MediaError, load_image, read_head
 from media_decode import sniff_kind
 from video_frames import VideoFrame, VideoFrameExtractor
 
 __all__ = ["DetectedFace", "ENGINES", "EngineInfo", "FaceProcessor", "MediaError",
-           "ModelUnavailableError", "VideoFrame", "VideoFrameExtractor", "face_quality",
+           "ModelUnavailableError", "VideoFrame", "download_insightface_models", "VideoFrameExtractor", "face_quality",
            "build_face", "detected_face_from_insightface", "link_tracks", "main"]
 
 log = logging.getLogger(__name__)

@@ -171,3 +171,41 @@ def test_the_whole_insightface_path_runs_on_stand_in_models(stand_in_models_dir,
     (elsewhere,) = processor.detect(np.ascontiguousarray(photo[::-1]))  # other pixels, same box
     assert float(face.embedding @ elsewhere.embedding) < 0.999
     assert processor.info.dimension == 512
+
+
+def test_first_use_download_fetches_the_pack_through_insightface(tmp_path, stand_in_models_dir, monkeypatch):
+    """Outside Docker the default engine's weights are fetched once, by insightface's own
+    downloader, into MODELS_DIR. The network is the boundary faked here: the "server" hands out
+    a zip of the stand-in models, and insightface's real unzip and our real lookup do the rest."""
+    import shutil
+    import insightface.utils.storage as storage
+    from face_engines import download_insightface_models
+
+    served = shutil.make_archive(str(tmp_path / "zoo" / "buffalo_l"), "zip",
+                                 insightface_pack_dir(stand_in_models_dir))
+    fetched = []
+
+    def fake_download_file(url, path, overwrite=False, **kwargs):
+        fetched.append(url)
+        Path(path).parent.mkdir(parents=True, exist_ok=True)  # as insightface's download_file does
+        shutil.copy(served, path)
+
+    monkeypatch.setattr(storage, "download_file", fake_download_file)
+    models_dir = tmp_path / "models_dir"
+    found = download_insightface_models(models_dir)
+    assert fetched and fetched[0].endswith("buffalo_l.zip")
+    assert found == {task: insightface_pack_dir(models_dir) / name for task, name in INSIGHTFACE_FILES.items()}
+    download_insightface_models(models_dir)
+    assert len(fetched) == 1  # present now: not fetched again
+
+
+def test_a_failed_download_says_what_to_do(tmp_path, monkeypatch):
+    import insightface.utils.storage as storage
+    from face_engines import download_insightface_models
+
+    def offline(url, path, **kwargs):
+        raise OSError("Network is unreachable")
+
+    monkeypatch.setattr(storage, "download_file", offline)
+    with pytest.raises(ModelUnavailableError, match="could not download.*dlib engine"):
+        download_insightface_models(tmp_path)
