@@ -97,6 +97,10 @@ CREATE TABLE media_jobs (
     status TEXT NOT NULL DEFAULT 'queued'
         CHECK (status IN ('queued', 'staged', 'done', 'failed', 'skipped')),
     attempts INTEGER NOT NULL DEFAULT 0,
+    -- How many times the job was leased. A worker that dies (kill -9, OOM) never records a
+    -- failed attempt, so `attempts` cannot stop a file that crashes every worker that touches
+    -- it; `claims` can: the queue gives up on a job claimed too often without finishing.
+    claims INTEGER NOT NULL DEFAULT 0,
     run_after TIMESTAMPTZ NOT NULL DEFAULT now(),
     lease_owner TEXT,
     lease_expires_at TIMESTAMPTZ,
