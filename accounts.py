@@ -1,0 +1,394 @@
+"""Telegram accounts: one client per active account, shared by every component of this process.
+
+- A client is made by a *client factory* `factory(account, settings)`: `telethon_client` in
+  production; the tests pass `tests/fake_telegram.py`'s. Nothing else constructs clients.
+- One session file, one process (DESIGN §2): a session is SQLite, and two processes using it
+  corrupt each other's state ("database is locked", then `AuthKeyDuplicatedError`). The registry
+  takes an exclusive lock on `<session>.lock` for as long as it holds the client, and
+  `init_account.py` takes the same lock, so it refuses (with a clear message) to open a session
+  that a running daemon holds.
+- Session files are created with mode 0600 in `SESSIONS_DIR` (mode 0700).
+- A client that lost its connection for good (Telethon gave up reconnecting) is connected again
+  by `run()`; each successful (re)connection bumps the account's `generation`, which makes the
+  scanner sweep the account's chats again (updates missed while offline are found that way).
+- Long flood waits pause only the account that got them: `record_flood_wait` writes
+  `telegram_accounts.flood_wait_until` (with jitter), which every component checks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import fcntl
+import logging
+import os
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from psycopg.rows import dict_row
+
+from database import queries
+
+if TYPE_CHECKING:
+    from psycopg_pool import AsyncConnectionPool
+
+    from config import Settings
+
+logger = logging.getLogger(__name__)
+
+Hold = Literal["all", "hub", "others"]
+
+
+@dataclass(frozen=True)
+class Account:
+    """A row of telegram_accounts, as far as a client needs it (id is None before it is recorded)."""
+
+    id: int | None
+    phone: str
+    session_path: Path
+
+
+ClientFactory = Callable[[Account, "Settings"], Any]
+
+
+def telethon_client(account: Account, settings: Settings):
+    """The production client factory: a Telethon client on the account's session file."""
+    from telethon import TelegramClient
+
+    if not settings.telegram_configured:
+        raise AccountError("TG_API_ID and TG_API_HASH are not set (get them at https://my.telegram.org/apps)")
+    return TelegramClient(
+        str(account.session_path), settings.tg_api_id, settings.tg_api_hash.get_secret_value(),
+        flood_sleep_threshold=settings.flood_sleep_threshold,
+        # Updates missed while offline are found by the history sweeps, not by getDifference.
+        catch_up=False, auto_reconnect=True, connection_retries=10, retry_delay=2,
+        request_retries=5,
+    )
+
+
+class AccountError(Exception):
+    """An account cannot be used as it is; the message says what to do."""
+
+
+class SessionBusy(AccountError):
+    """Another process (the daemon) holds this session file."""
+
+
+def mask_phone(phone: str) -> str:
+    """A phone number fit for logs: the country code and the last two digits."""
+    digits = "".join(c for c in phone if c.isdigit())
+    if len(digits) < 5:
+        return "***"
+    return f"+{digits[:2]}…{digits[-2:]}"
+
+
+def session_path(settings: Settings, stored: str | None, phone: str) -> Path:
+    """Where an account's session file is: its recorded path (relative ones are in SESSIONS_DIR),
+    or SESSIONS_DIR/<digits of the phone>.session. Always ends in `.session` (Telethon adds it)."""
+    if stored:
+        path = Path(stored)
+        if not path.is_absolute():
+            path = settings.sessions_path / path
+    else:
+        path = settings.sessions_path / ("".join(c for c in phone if c.isdigit()) or "account")
+    return path if path.suffix == ".session" else path.with_name(path.name + ".session")
+
+
+def prepare_sessions_dir(path: Path) -> None:
+    """Create the sessions folder readable by its owner only."""
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        os.chmod(path, 0o700)
+    except OSError as exc:  # e.g. a volume owned by another user: the files are still 0600
+        logger.warning("cannot make %s private (%s); check its permissions", path, exc)
+
+
+def protect_session(path: Path) -> None:
+    """Session files hold the account's login: owner read/write only."""
+    for candidate in (path, path.with_name(path.name + "-journal")):
+        if candidate.exists():
+            os.chmod(candidate, 0o600)
+
+
+class SessionLock:
+    """An exclusive, non-blocking lock on `<session>.lock`, held while a process uses the session.
+
+    A file lock (flock) is released by the kernel when the process dies, so a crashed daemon
+    never leaves a stale lock behind.
+    """
+
+    def __init__(self, session: Path):
+        self.path = session.with_name(session.name + ".lock")
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise SessionBusy(
+                    f"another process holds the session {self.path.with_suffix('')}: the daemon is "
+                    f"running with this account. Stop the daemon first (e.g. `docker compose stop app`), "
+                    f"then try again.") from None
+            raise
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> SessionLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def flood_jitter(seconds: float) -> float:
+    """A flood wait plus jitter, so paused work does not all come back in the same second."""
+    return seconds * random.uniform(1.0, 1.1) + random.uniform(0.2, 1.0)
+
+
+async def record_flood_wait(pool: AsyncConnectionPool, account_id: int, seconds: float, where: str) -> float:
+    """Pause account `account_id` for a flood wait of `seconds` (plus jitter); return the seconds
+    it now waits. Visible on the dashboard (telegram_accounts.flood_wait_until)."""
+    wait = flood_jitter(seconds)
+    async with pool.connection() as conn:
+        row = await (await conn.execute(queries.tg_account_flood, {
+            "account_id": account_id, "seconds": wait,
+            "error": f"flood wait of {seconds:.0f} s on {where}; this account pauses until it is over"})).fetchone()
+    left = float(row[1]) if row else wait
+    logger.warning("account %s: Telegram asks to wait %.0f s (%s); this account pauses for %.0f s, "
+                   "the others go on", account_id, seconds, where, left)
+    return left
+
+
+async def flood_wait_left(pool: AsyncConnectionPool, account_id: int) -> float:
+    """Seconds account `account_id` must still wait before it talks to Telegram again."""
+    async with pool.connection() as conn:
+        row = await (await conn.execute(queries.tg_account_flood_left, {"account_id": account_id})).fetchone()
+    return float(row[0]) if row else 0.0
+
+
+@dataclass
+class _Held:
+    account: Account
+    client: Any
+    lock: SessionLock
+    generation: int = 1
+    user_id: int | None = None
+
+
+class AccountRegistry:
+    """The Telegram clients this process holds: one per active account (or the subset `hold`).
+
+    `hold="hub"`: only the account that posts to the hub (the uploader role); `"others"`: every
+    account but that one (the scanner role); `"all"`: every active account.
+    """
+
+    def __init__(self, settings: Settings, pool: AsyncConnectionPool, client_factory: ClientFactory | None = None,
+                 *, hold: Hold = "all", check_interval: float = 5.0, connect_timeout: float = 60.0):
+        self.settings = settings
+        self.pool = pool
+        self.factory = client_factory or telethon_client
+        self.hold = hold
+        self.check_interval = check_interval
+        self.connect_timeout = connect_timeout
+        self.hub_account_id: int | None = None
+        self._held: dict[int, _Held] = {}
+        self._stopping = asyncio.Event()
+
+    # --- start and stop ------------------------------------------------------------------------
+
+    async def start(self) -> list[int]:
+        """Connect a client for every account to hold; return their ids. An account that cannot be
+        used (not logged in, session held elsewhere) is recorded with a reason and left out."""
+        async with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(queries.tg_active_accounts)
+            rows = await cur.fetchall()
+        self.hub_account_id = self._pick_hub(rows)
+        prepare_sessions_dir(self.settings.sessions_path)
+        for row in rows:
+            if not self._wanted(row["id"]):
+                continue
+            account = Account(row["id"], row["phone_number"],
+                              session_path(self.settings, row["session_file_path"], row["phone_number"]))
+            try:
+                await self._open(account)
+            except AccountError as exc:
+                logger.error("account %s (%s) is not used: %s", account.id, mask_phone(account.phone), exc)
+                await self._note_problem(account.id, str(exc), status=None if isinstance(exc, SessionBusy) else "error")
+            except (OSError, asyncio.TimeoutError) as exc:
+                # Telegram unreachable right now: keep the client, run() connects it later.
+                logger.warning("account %s: cannot connect yet (%s); retrying in the background",
+                               account.id, exc)
+        if not self._held:
+            logger.warning("no Telegram account is usable in this process (%s); log one in with "
+                           "`python init_account.py`", self.hold)
+        return self.account_ids()
+
+    def _pick_hub(self, rows: list[dict[str, Any]]) -> int | None:
+        wanted = (self.settings.hub_account or "").strip()
+        if wanted:
+            digits = "".join(c for c in wanted if c.isdigit())
+            for row in rows:
+                phone = "".join(c for c in row["phone_number"] if c.isdigit())
+                if wanted.isdigit() and int(wanted) == row["id"]:
+                    return row["id"]
+                if digits and phone == digits:
+                    return row["id"]
+            logger.error("HUB_ACCOUNT=%s matches no active account; nothing is posted until it does",
+                         mask_phone(wanted) if len(wanted) > 6 else wanted)
+            return None
+        return rows[0]["id"] if rows else None
+
+    def _wanted(self, account_id: int) -> bool:
+        if self.hold == "hub":
+            return account_id == self.hub_account_id
+        if self.hold == "others":
+            return account_id != self.hub_account_id
+        return True
+
+    async def _open(self, account: Account) -> None:
+        lock = SessionLock(account.session_path)
+        lock.acquire()
+        try:
+            client = self.factory(account, self.settings)
+        except Exception:
+            lock.release()
+            raise
+        held = _Held(account, client, lock)
+        self._held[account.id] = held
+        await self._connect(held)
+
+    async def _connect(self, held: _Held) -> None:
+        from telethon import errors
+
+        client, account = held.client, held.account
+        await asyncio.wait_for(client.connect(), self.connect_timeout)
+        protect_session(account.session_path)
+        try:
+            authorized = await client.is_user_authorized()
+            me = await client.get_me() if authorized else None
+        except (errors.UnauthorizedError, errors.AuthKeyError) as exc:
+            authorized, me = False, exc
+        if not authorized or me is None or isinstance(me, Exception):
+            self._held.pop(account.id, None)
+            await _disconnect(client)
+            held.lock.release()
+            why = f" (Telegram said: {me})" if isinstance(me, Exception) else ""
+            raise AccountError(f"the session {account.session_path.name} is not logged in{why}: run "
+                               f"`python init_account.py` for this phone number")
+        held.user_id = me.id
+        name = " ".join(p for p in (getattr(me, "first_name", None), getattr(me, "last_name", None)) if p)
+        async with self.pool.connection() as conn:
+            await conn.execute(queries.tg_account_connected, {
+                "account_id": account.id, "telegram_user_id": me.id,
+                "username": getattr(me, "username", None), "display_name": name or None})
+        logger.info("account %s (%s) connected as user %s", account.id, mask_phone(account.phone), me.id)
+
+    async def _note_problem(self, account_id: int, error: str, *, status: str | None) -> None:
+        async with self.pool.connection() as conn:
+            await conn.execute(queries.tg_account_problem,
+                               {"account_id": account_id, "error": error, "status": status})
+
+    async def close(self) -> None:
+        """Disconnect every client and release the sessions."""
+        for held in list(self._held.values()):
+            try:
+                await _disconnect(held.client)
+            except Exception as exc:  # closing: report and go on with the others
+                logger.warning("account %s: error while disconnecting: %s", held.account.id, exc)
+            finally:
+                held.lock.release()
+        self._held.clear()
+
+    # --- what the components use ---------------------------------------------------------------
+
+    def account_ids(self) -> list[int]:
+        """The accounts whose clients this process holds."""
+        return sorted(self._held)
+
+    def client(self, account_id: int):
+        """The client of `account_id`; KeyError if this process does not hold it."""
+        return self._held[account_id].client
+
+    def holds(self, account_id: int | None) -> bool:
+        return account_id is not None and account_id in self._held
+
+    def user_id(self, account_id: int) -> int | None:
+        return self._held[account_id].user_id
+
+    def generation(self, account_id: int) -> int:
+        """Grows by one every time the account's client (re)connects."""
+        held = self._held.get(account_id)
+        return held.generation if held else 0
+
+    def hub_client(self):
+        """The client that posts to the hub, or None if this process does not hold it."""
+        if self.hub_account_id is None or self.hub_account_id not in self._held:
+            return None
+        return self._held[self.hub_account_id].client
+
+    def is_connected(self, account_id: int) -> bool:
+        held = self._held.get(account_id)
+        return bool(held and held.client.is_connected())
+
+    # --- keeping the clients connected ---------------------------------------------------------
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self, stop_event: asyncio.Event | None = None) -> None:
+        """Reconnect clients that lost their connection, until stopped."""
+        while not stopped(self._stopping, stop_event):
+            for held in list(self._held.values()):
+                if held.client.is_connected():
+                    continue
+                try:
+                    if held.user_id is None:  # never connected since start: check the login too
+                        await self._connect(held)
+                    else:
+                        await asyncio.wait_for(held.client.connect(), self.connect_timeout)
+                except (OSError, asyncio.TimeoutError) as exc:
+                    logger.warning("account %s is offline (%s); trying again in %.0f s",
+                                   held.account.id, exc, self.check_interval)
+                    continue
+                except AccountError as exc:
+                    logger.error("account %s is not used: %s", held.account.id, exc)
+                    await self._note_problem(held.account.id, str(exc), status="error")
+                    continue
+                held.generation += 1
+                logger.info("account %s reconnected; its chats are swept again for anything missed",
+                            held.account.id)
+            await sleep_or_stop(self.check_interval, self._stopping, stop_event)
+
+
+async def _disconnect(client) -> None:
+    result = client.disconnect()
+    if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future):
+        await result
+
+
+def stopped(*events: asyncio.Event | None) -> bool:
+    """True when any of the given stop events is set."""
+    return any(e is not None and e.is_set() for e in events)
+
+
+async def sleep_or_stop(seconds: float, *events: asyncio.Event | None) -> None:
+    """Sleep up to `seconds`, returning early when any of the events is set."""
+    waiters = [asyncio.ensure_future(e.wait()) for e in events if e is not None]
+    try:
+        await asyncio.wait(waiters, timeout=max(0.0, seconds), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()

@@ -1,0 +1,466 @@
+"""Reading watched chats: history sweeps (the source of truth) and live updates (the fast path).
+
+- `MessageScanner`: for every (account, chat), `iter_messages(chat, min_id=cursor, reverse=True)`
+  oldest to newest. Every batch commits its jobs and the cursor (`last_processed_message_id`)
+  in one statement, so after any interruption the next sweep starts exactly after the last
+  committed message and nothing is missed or inserted twice. The first sweep is the backfill
+  (progress in processed_messages / total_messages); once a sweep reaches the newest message the
+  chat is `realtime`, and it is swept again every SWEEP_INTERVAL_SECONDS and whenever its
+  account's client reconnects. Chats of one account are swept one at a time, a turn of at most
+  `turn_messages` each, round robin, so one huge backfill does not starve the other chats.
+- `RealtimeScanner`: `events.NewMessage` without a `chats=` filter (that list is resolved once);
+  the handler checks a watched set that is reloaded while running, so a chat added later is
+  followed without a restart, and the hub is never watched. It only inserts jobs: a message
+  seen here and again by a sweep is one job (unique (chat, message)); a message it never sees
+  is found by the next sweep.
+- Media: photos, documents whose mime type is an image, videos, round video notes and GIF
+  animations. The job's media key is 'photo:<id>' / 'document:<id>' (forwards keep the id, so
+  the same media in many chats is downloaded and analysed once). Media larger than
+  MAX_MEDIA_SIZE_MB become jobs with status 'skipped' and are counted in the chat's
+  skipped_media: recorded, not failed.
+- A long flood wait pauses the account (accounts.record_flood_wait) and defers the chat; the
+  other accounts go on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from psycopg.rows import dict_row
+from telethon import errors, events, types, utils
+
+from accounts import flood_wait_left, record_flood_wait, sleep_or_stop, stopped
+from database import queries
+
+if TYPE_CHECKING:
+    from psycopg_pool import AsyncConnectionPool
+
+    from accounts import AccountRegistry
+    from config import Settings
+
+logger = logging.getLogger(__name__)
+
+# An error Telegram gave for one chat: the chat waits this long before it is read again.
+CHAT_ERROR_DEFER = 15 * 60.0
+# The account can no longer read the chat (left, banned, chat deleted): the operator must act.
+CHAT_GONE_DEFER = 6 * 3600.0
+CHAT_GONE = (errors.ChannelPrivateError, errors.ChatForbiddenError, errors.ChannelInvalidError,
+             errors.ChatIdInvalidError, errors.PeerIdInvalidError, errors.UserBannedInChannelError)
+
+
+# --- what counts as media ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MediaInfo:
+    """The media of one message as the job queue stores it."""
+
+    media_key: str           # 'photo:<id>' or 'document:<id>'
+    media_type: str          # photo | image | video | round | gif
+    mime_type: str | None
+    file_size: int | None
+
+
+def classify(message: Any) -> MediaInfo | None:
+    """The analysable media of a message, or None (text, stickers, audio, files, self-destructing)."""
+    media = getattr(message, "media", None)
+    if isinstance(media, types.MessageMediaPhoto):
+        photo = media.photo
+        if not isinstance(photo, types.Photo) or media.ttl_seconds:
+            return None
+        return MediaInfo(f"photo:{photo.id}", "photo", "image/jpeg", photo_size(photo))
+    if isinstance(media, types.MessageMediaDocument):
+        doc = media.document
+        if not isinstance(doc, types.Document) or media.ttl_seconds:
+            return None
+        kind = document_kind(doc)
+        if kind is None:
+            return None
+        return MediaInfo(f"document:{doc.id}", kind, doc.mime_type, doc.size)
+    return None
+
+
+def document_kind(doc: types.Document) -> str | None:
+    """image | video | round | gif for the documents worth analysing, else None."""
+    mime = (doc.mime_type or "").lower()
+    attributes = doc.attributes or []
+    if any(isinstance(a, (types.DocumentAttributeSticker, types.DocumentAttributeAudio)) for a in attributes):
+        return None
+    video = next((a for a in attributes if isinstance(a, types.DocumentAttributeVideo)), None)
+    animated = any(isinstance(a, types.DocumentAttributeAnimated) for a in attributes)
+    if animated and (mime.startswith("video/") or video is not None):
+        return "gif"      # Telegram's "GIFs" are silent mp4 animations
+    if video is not None and video.round_message:
+        return "round"
+    if mime.startswith("video/"):
+        return "video"
+    if mime.startswith("image/"):
+        return "image"
+    return None
+
+
+def photo_size(photo: types.Photo) -> int | None:
+    """The size in bytes of the largest version of a photo (the one that is downloaded)."""
+    best = None
+    for size in photo.sizes or []:
+        if isinstance(size, types.PhotoSize):
+            value = size.size
+        elif isinstance(size, types.PhotoSizeProgressive):
+            value = max(size.sizes) if size.sizes else None
+        elif isinstance(size, types.PhotoCachedSize):
+            value = len(size.bytes)
+        else:
+            continue
+        if value is not None and (best is None or value > best):
+            best = value
+    return best
+
+
+def chat_id_of(message: Any) -> int:
+    """The marked id of the chat a message is in."""
+    return utils.get_peer_id(message.peer_id)
+
+
+def job_values(info: MediaInfo, max_bytes: int) -> tuple[str, str | None]:
+    """(status, note) of a new job: queued, or skipped when the media is too large."""
+    if info.file_size is not None and info.file_size > max_bytes:
+        return "skipped", (f"{info.file_size / 2**20:.0f} MB is more than MAX_MEDIA_SIZE_MB "
+                           f"({max_bytes / 2**20:.0f} MB): not downloaded")
+    return "queued", None
+
+
+# --- history sweeps ---------------------------------------------------------------------------
+
+
+@dataclass
+class SweepResult:
+    """What one sweep (or one turn of a sweep) did."""
+
+    messages: int = 0
+    new_jobs: int = 0
+    cursor: int = 0
+    reached_newest: bool = False
+    stopped_because: str | None = None   # set when the sweep ended early (error, flood, paused)
+
+
+class _Batch:
+    def __init__(self) -> None:
+        self.rows: list[tuple] = []
+        self.messages = 0
+        self.cursor = 0
+
+    def add(self, message: Any, max_bytes: int) -> None:
+        self.messages += 1
+        self.cursor = max(self.cursor, message.id)
+        if not isinstance(message, types.Message):
+            return
+        info = classify(message)
+        if info is None:
+            return
+        status, note = job_values(info, max_bytes)
+        self.rows.append((message.id, info.media_key, info.media_type, info.mime_type,
+                          info.file_size, message.date, status, note))
+
+
+class MessageScanner:
+    """History sweeps of the watched chats of the accounts this process holds."""
+
+    def __init__(self, registry: AccountRegistry, pool: AsyncConnectionPool, settings: Settings, *,
+                 batch_size: int = 100, turn_messages: int = 2000, poll_interval: float = 2.0,
+                 interval: float | None = None):
+        self.registry = registry
+        self.pool = pool
+        self.settings = settings
+        self.batch_size = batch_size
+        self.turn_messages = turn_messages
+        self.poll_interval = poll_interval
+        self.interval = float(interval if interval is not None else settings.sweep_interval_seconds)
+        # (account, chat) -> (monotonic time of the next sweep, client generation it last saw)
+        self._next: dict[tuple[int, int], tuple[float, int]] = {}
+        self._stopping = asyncio.Event()
+        self._wake = asyncio.Event()
+
+    def request_sweep(self, account_id: int | None = None, chat_id: int | None = None) -> None:
+        """Sweep now (a chat just added, an operator's request): of one chat, one account, or all."""
+        for key in list(self._next):
+            if (account_id is None or key[0] == account_id) and (chat_id is None or key[1] == chat_id):
+                del self._next[key]
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+
+    async def run(self, stop_event: asyncio.Event | None = None) -> None:
+        """Sweep due chats, one task per account, until stopped."""
+        async with asyncio.TaskGroup() as tg:
+            for account_id in self.registry.account_ids():
+                tg.create_task(self._account_loop(account_id, stop_event), name=f"sweeps-{account_id}")
+
+    async def _account_loop(self, account_id: int, stop_event: asyncio.Event | None) -> None:
+        while not stopped(self._stopping, stop_event):
+            self._wake.clear()
+            swept = await self.sweep_due(account_id, stop_event)
+            if stopped(self._stopping, stop_event):
+                return
+            if not swept:
+                wait = await flood_wait_left(self.pool, account_id)
+                await sleep_or_stop(max(self.poll_interval, min(wait, 60.0)) if wait else self.poll_interval,
+                                    self._stopping, stop_event, self._wake)
+
+    async def due_chats(self, account_id: int) -> list[dict[str, Any]]:
+        """The chats of `account_id` to sweep now, those waiting longest first."""
+        async with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(queries.tg_watched_chats, {
+                "account_ids": [account_id], "hub_chat_id": self.settings.hub_group_id})
+            chats = await cur.fetchall()
+        now = time.monotonic()
+        generation = self.registry.generation(account_id)
+        due = []
+        for chat in chats:
+            if chat["deferred"]:
+                continue
+            next_at, seen_generation = self._next.get((account_id, chat["chat_id"]), (0.0, 0))
+            if next_at <= now or seen_generation != generation:
+                due.append((next_at, chat))
+        return [chat for _, chat in sorted(due, key=lambda pair: pair[0])]
+
+    async def sweep_due(self, account_id: int, stop_event: asyncio.Event | None = None) -> int:
+        """One round over the due chats of one account; returns how many were swept."""
+        if not self.registry.is_connected(account_id) or await flood_wait_left(self.pool, account_id) > 0:
+            return 0
+        swept = 0
+        for chat in await self.due_chats(account_id):
+            if stopped(self._stopping, stop_event):
+                break
+            result = await self.sweep_chat(account_id, chat["chat_id"], max_messages=self.turn_messages)
+            swept += 1
+            if result.stopped_because in ("flood wait", "offline"):
+                break   # the whole account waits
+        return swept
+
+    async def sweep_chat(self, account_id: int, chat_id: int, *, max_messages: int | None = None) -> SweepResult:
+        """Read chat `chat_id` with account `account_id`'s client from its cursor onwards.
+
+        Commits every `batch_size` messages (jobs and cursor together). Stops after
+        `max_messages` (the chat stays due) or at the newest message (the chat is then realtime).
+        Telegram errors are handled here (recorded on the chat or the account); database errors
+        propagate.
+        """
+        chat = await self._checkpoint(account_id, chat_id)
+        result = SweepResult(cursor=chat["last_processed_message_id"] if chat else 0)
+        if chat is None or chat["state"] != "active":
+            result.stopped_because = "not watched"
+            return result
+        generation = self.registry.generation(account_id)
+        client = self.registry.client(account_id)
+        batch = _Batch()
+        iterator = None
+        try:
+            entity = await resolve_input_entity(client, chat_id)
+            iterator = client.iter_messages(entity, min_id=result.cursor, reverse=True)
+            result.reached_newest = True
+            async for message in iterator:
+                batch.add(message, self.settings.max_media_bytes)
+                if batch.messages >= self.batch_size:
+                    if not await self._commit(chat, batch, iterator, result):
+                        break
+                    batch = _Batch()
+                if max_messages is not None and result.messages + batch.messages >= max_messages:
+                    result.reached_newest = False
+                    break
+        except errors.FloodWaitError as exc:
+            result.reached_newest = False
+            await self._commit(chat, batch, iterator, result)
+            wait = await record_flood_wait(self.pool, account_id, exc.seconds, f"reading chat {chat_id}")
+            await self._defer(chat, wait, f"flood wait of {exc.seconds} s on account {account_id}; "
+                                          f"reading resumes from message {result.cursor}")
+            result.stopped_because = "flood wait"
+            return result
+        except (ConnectionError, OSError, asyncio.TimeoutError) as exc:
+            result.reached_newest = False
+            await self._commit(chat, batch, iterator, result)
+            logger.warning("account %s went offline while reading chat %s (%s); it resumes from "
+                           "message %s when the client reconnects", account_id, chat_id, exc, result.cursor)
+            result.stopped_because = "offline"
+            return result
+        except CHAT_GONE as exc:
+            result.reached_newest = False
+            await self._commit(chat, batch, iterator, result)
+            await self._defer(chat, CHAT_GONE_DEFER,
+                              f"the account cannot read this chat any more ({type(exc).__name__}): was it "
+                              f"removed from it? Add it again, or remove the chat")
+            result.stopped_because = type(exc).__name__
+            return result
+        except (errors.RPCError, ValueError) as exc:
+            # ValueError: Telethon cannot resolve the chat (no access hash known for this account).
+            result.reached_newest = False
+            await self._commit(chat, batch, iterator, result)
+            await self._defer(chat, CHAT_ERROR_DEFER, f"{type(exc).__name__}: {exc}")
+            logger.warning("chat %s (account %s): %s; trying again in %.0f min", chat_id, account_id,
+                           exc, CHAT_ERROR_DEFER / 60)
+            result.stopped_because = type(exc).__name__
+            return result
+        if result.stopped_because is not None or not await self._commit(chat, batch, iterator, result):
+            return result   # the chat was paused or removed meanwhile
+        await self._finish_turn(chat, result, generation)
+        return result
+
+    async def _checkpoint(self, account_id: int, chat_id: int) -> dict[str, Any] | None:
+        async with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(queries.tg_checkpoint, {"account_id": account_id, "chat_id": chat_id})
+            return await cur.fetchone()
+
+    async def _commit(self, chat: dict[str, Any], batch: _Batch, iterator: Any, result: SweepResult) -> bool:
+        """Store one batch (jobs + cursor, atomically). False if the chat is no longer active."""
+        if batch.messages == 0:
+            return True
+        rows = list(zip(*batch.rows)) if batch.rows else [()] * 8
+        total = getattr(iterator, "total", None)
+        async with self.pool.connection() as conn:
+            row = await (await conn.execute(queries.tg_sweep_batch, {
+                "checkpoint_id": chat["id"], "account_id": chat["account_id"], "chat_id": chat["chat_id"],
+                "cursor": batch.cursor, "messages": batch.messages, "total": total,
+                "message_ids": list(rows[0]), "media_keys": list(rows[1]), "media_types": list(rows[2]),
+                "mime_types": list(rows[3]), "file_sizes": list(rows[4]), "message_dates": list(rows[5]),
+                "statuses": list(rows[6]), "notes": list(rows[7]),
+            })).fetchone()
+        result.messages += batch.messages
+        result.cursor = max(result.cursor, batch.cursor)
+        result.new_jobs += row[1] if row else 0
+        if row is None or row[0] != "active":
+            result.reached_newest = False
+            result.stopped_because = "not watched"
+            return False
+        return True
+
+    async def _defer(self, chat: dict[str, Any], seconds: float, error: str) -> None:
+        async with self.pool.connection() as conn:
+            await conn.execute(queries.tg_defer_chat,
+                               {"checkpoint_id": chat["id"], "seconds": seconds, "error": error})
+
+    async def _finish_turn(self, chat: dict[str, Any], result: SweepResult, generation: int) -> None:
+        key = (chat["account_id"], chat["chat_id"])
+        async with self.pool.connection() as conn:
+            if result.reached_newest:
+                await conn.execute(queries.tg_sweep_finished, {"checkpoint_id": chat["id"]})
+                self._next[key] = (time.monotonic() + self.interval, generation)
+                if chat["scan_mode"] == "backfill":
+                    logger.info("chat %s (%s): backfill complete at message %s; following it live",
+                                chat["chat_id"], chat["chat_title"], result.cursor)
+            else:
+                await conn.execute(queries.tg_sweep_paused, {"checkpoint_id": chat["id"]})
+                self._next[key] = (0.0, generation)   # more to read: due again after the others
+        if result.messages:
+            logger.info("chat %s: read %d message(s) up to %s, %d new job(s)%s", chat["chat_id"],
+                        result.messages, result.cursor, result.new_jobs,
+                        "" if result.reached_newest else " (continues)")
+
+
+async def resolve_input_entity(client: Any, chat_id: int):
+    """The input peer of a watched chat. Telethon knows it from the session's entity cache; if it
+    does not (a fresh session), the dialogs are fetched once to fill the cache."""
+    try:
+        return await client.get_input_entity(chat_id)
+    except ValueError:
+        await client.get_dialogs()
+        return await client.get_input_entity(chat_id)
+
+
+# --- live updates -----------------------------------------------------------------------------
+
+
+class RealtimeScanner:
+    """The fast path: a job for every new media message of a watched chat, as it arrives."""
+
+    def __init__(self, registry: AccountRegistry, pool: AsyncConnectionPool, settings: Settings, *,
+                 refresh_interval: float = 5.0):
+        self.registry = registry
+        self.pool = pool
+        self.settings = settings
+        self.refresh_interval = refresh_interval
+        self._watched: dict[int, set[int]] = {}   # account -> marked chat ids
+        self._attached: set[int] = set()
+        self._stopping = asyncio.Event()
+        self._wake = asyncio.Event()
+        self.received = 0
+
+    def attach(self) -> None:
+        """Register the NewMessage handler on every held client (once each)."""
+        for account_id in self.registry.account_ids():
+            if account_id in self._attached:
+                continue
+            client = self.registry.client(account_id)
+            client.add_event_handler(functools.partial(self._on_new_message, account_id), events.NewMessage())
+            self._attached.add(account_id)
+
+    async def refresh(self) -> None:
+        """Reload the watched chats (a chat added, paused or removed while running)."""
+        accounts = self.registry.account_ids()
+        async with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(queries.tg_watched_chats,
+                              {"account_ids": accounts, "hub_chat_id": self.settings.hub_group_id})
+            rows = await cur.fetchall()
+        watched: dict[int, set[int]] = {a: set() for a in accounts}
+        for row in rows:
+            watched[row["account_id"]].add(row["chat_id"])
+        self._watched = watched
+
+    def request_refresh(self) -> None:
+        self._wake.set()
+
+    def watches(self, account_id: int, chat_id: int) -> bool:
+        return chat_id != self.settings.hub_group_id and chat_id in self._watched.get(account_id, ())
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+
+    async def run(self, stop_event: asyncio.Event | None = None) -> None:
+        """Attach the handlers and keep the watched set fresh until stopped."""
+        self.attach()
+        while not stopped(self._stopping, stop_event):
+            self._wake.clear()
+            await self.refresh()
+            await sleep_or_stop(self.refresh_interval, self._stopping, stop_event, self._wake)
+
+    async def _on_new_message(self, account_id: int, event: Any) -> None:
+        # The boundary of every update: log and carry on, never let one message stop the others.
+        try:
+            await self.handle(account_id, event.message)
+        except Exception:
+            logger.exception("account %s: a new message could not be queued; the next history "
+                             "sweep of its chat picks it up", account_id)
+
+    async def handle(self, account_id: int, message: Any) -> int | None:
+        """Queue the media of one new message if its chat is watched; return the new job's id."""
+        if not isinstance(message, types.Message):
+            return None
+        chat_id = chat_id_of(message)
+        if not self.watches(account_id, chat_id):
+            return None
+        self.received += 1
+        info = classify(message)
+        if info is None:
+            return None
+        status, note = job_values(info, self.settings.max_media_bytes)
+        async with self.pool.connection() as conn:
+            row = await (await conn.execute(queries.tg_live_job, {
+                "chat_id": chat_id, "message_id": message.id, "account_id": account_id,
+                "media_key": info.media_key, "media_type": info.media_type, "mime_type": info.mime_type,
+                "file_size": info.file_size, "message_date": _date(message), "status": status,
+                "note": note})).fetchone()
+        if row:
+            logger.info("chat %s message %s: new %s (%s)", chat_id, message.id, info.media_type,
+                        "skipped: too large" if status == "skipped" else "queued")
+        return row[0] if row else None
+
+
+def _date(message: Any) -> datetime | None:
+    return getattr(message, "date", None)

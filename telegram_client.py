@@ -1,0 +1,157 @@
+"""The Telegram side of the daemon: accounts, chats, history sweeps, live updates, downloads,
+topics and posting. This module composes the parts; each lives in its own module:
+
+- `accounts.AccountRegistry`: one client per active account (session files 0600, one process
+  per session, reconnects, flood-wait bookkeeping);
+- `scanners.MessageScanner` (history sweeps, the source of truth) and
+  `scanners.RealtimeScanner` (live updates, the fast path), both inserting idempotent jobs;
+- `downloads.MediaDownloadManager`: a claimed job's media into the staging area;
+- `topics.TopicManager`: persons' forum topics in the hub;
+- `media_uploader.MediaUploader`: the outbox into the topics, paced;
+- `chats.ChatManager` and `telegram_actions.ActionApplier`: the requests that the dashboard and
+  `add_chat.py` record for the daemon's clients.
+
+`TelegramService` builds the parts a process role needs and hands them to the daemon as
+long-running components (name, run, stop); `run()` returns when `stop()` is called.
+
+    service = TelegramService(settings, pool, role="all", client_factory=None)
+    await service.start()
+    for name, run, stop in service.components(): ...   # supervised tasks
+    WorkerPool(..., downloader=service.downloader, account_ids=service.account_ids)
+    await service.close()
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from accounts import (Account, AccountError, AccountRegistry, ClientFactory, SessionBusy, SessionLock,
+                      mask_phone, record_flood_wait, telethon_client)
+from chats import ChatManager, parse_chat_identifier
+from downloads import MediaDownloadManager
+from media_uploader import MediaUploader, Pacer, caption_for, message_link
+from scanners import MediaInfo, MessageScanner, RealtimeScanner, classify
+from telegram_actions import CHAT_ACTIONS, TOPIC_ACTIONS, ActionApplier
+from topics import TopicManager, topic_title
+
+if TYPE_CHECKING:
+    from psycopg_pool import AsyncConnectionPool
+
+    from config import Settings
+
+__all__ = [
+    "Account", "AccountError", "AccountRegistry", "ActionApplier", "CHAT_ACTIONS", "ChatManager",
+    "ClientFactory", "MediaDownloadManager", "MediaInfo", "MediaUploader", "MessageScanner", "Pacer",
+    "RealtimeScanner", "SessionBusy", "SessionLock", "TOPIC_ACTIONS", "TelegramService", "TelegramTuning",
+    "TopicManager", "caption_for", "classify", "mask_phone", "message_link", "parse_chat_identifier",
+    "record_flood_wait", "telethon_client", "topic_title",
+]
+
+logger = logging.getLogger(__name__)
+
+Component = tuple[str, Callable[[], Awaitable[None]], Callable[[], None]]
+
+
+@dataclass
+class TelegramTuning:
+    """Timings; production defaults. Tests shorten them."""
+
+    sweep_interval: float | None = None     # None: SWEEP_INTERVAL_SECONDS
+    sweep_poll: float = 2.0                 # how often idle accounts look for due chats
+    watched_refresh: float = 5.0            # how often the live handler reloads the watched chats
+    account_check: float = 5.0              # how often lost connections are retried
+    actions_poll: float = 2.0
+    uploads_poll: float = 2.0
+
+
+class TelegramService:
+    """The Telegram parts of one daemon process.
+
+    Roles: `all` holds every active account and does everything; `scanner` holds every account
+    but the hub account (sweeps, live updates, downloads, chat requests); `uploader` holds only the
+    hub account (topics, posts, topic requests) and reads no chats.
+    """
+
+    def __init__(self, settings: Settings, pool: AsyncConnectionPool, *, role: str = "all",
+                 client_factory: ClientFactory | None = None, tuning: TelegramTuning | None = None,
+                 pacer: Pacer | None = None):
+        if role not in ("all", "scanner", "uploader"):
+            raise ValueError(f"no Telegram parts for role {role!r}")
+        self.settings = settings
+        self.pool = pool
+        self.role = role
+        self.tuning = tuning or TelegramTuning()
+        hold = {"all": "all", "scanner": "others", "uploader": "hub"}[role]
+        self.registry = AccountRegistry(settings, pool, client_factory, hold=hold,
+                                        check_interval=self.tuning.account_check)
+        self.pacer = pacer or Pacer(settings.hub_posts_per_minute)
+        self.scanner: MessageScanner | None = None
+        self.realtime: RealtimeScanner | None = None
+        self.downloader: MediaDownloadManager | None = None
+        self.chats: ChatManager | None = None
+        self.topics: TopicManager | None = None
+        self.uploader: MediaUploader | None = None
+        self.actions: ActionApplier | None = None
+
+    @property
+    def scans(self) -> bool:
+        return self.role in ("all", "scanner")
+
+    @property
+    def posts(self) -> bool:
+        return self.role in ("all", "uploader")
+
+    async def start(self) -> None:
+        """Connect the accounts and build the parts of this role."""
+        await self.registry.start()
+        settings, pool, tuning = self.settings, self.pool, self.tuning
+        handlers = []
+        if self.scans:
+            self.scanner = MessageScanner(self.registry, pool, settings, interval=tuning.sweep_interval,
+                                          poll_interval=tuning.sweep_poll)
+            self.realtime = RealtimeScanner(self.registry, pool, settings, refresh_interval=tuning.watched_refresh)
+            self.realtime.attach()
+            self.downloader = MediaDownloadManager(self.registry, pool, settings)
+            self.chats = ChatManager(self.registry, pool, settings, on_change=self._chat_changed)
+            handlers.append(self.chats)
+        if self.posts:
+            self.topics = TopicManager(self.registry, pool, settings, pacer=self.pacer)
+            self.uploader = MediaUploader(self.registry, pool, settings, self.topics, poll_interval=tuning.uploads_poll)
+            handlers.append(self.topics)
+        self.actions = ActionApplier(pool, handlers, poll_interval=tuning.actions_poll)
+        if settings.hub_group_id is None and self.posts:
+            logger.warning("HUB_GROUP_ID is not set: persons are found, but nothing is posted until it is")
+
+    def _chat_changed(self, account_id: int, chat_id: int) -> None:
+        if self.scanner is not None:
+            self.scanner.request_sweep(account_id, chat_id)
+        if self.realtime is not None:
+            self.realtime.request_refresh()
+
+    def account_ids(self) -> list[int]:
+        """The accounts whose jobs this process can download (it holds their clients)."""
+        return self.registry.account_ids()
+
+    def components(self) -> list[Component]:
+        """(name, run, stop) of every long-running part, for the daemon to supervise."""
+        parts: list[Component] = [("telegram-connections", self.registry.run, self.registry.stop)]
+        if self.scanner is not None:
+            parts.append(("history-sweeps", self.scanner.run, self.scanner.stop))
+        if self.realtime is not None:
+            parts.append(("live-updates", self.realtime.run, self.realtime.stop))
+        if self.actions is not None:
+            parts.append(("telegram-requests", self.actions.run, self.actions.stop))
+        if self.uploader is not None:
+            parts.append(("hub-uploads", self.uploader.run, self.uploader.stop))
+        return parts
+
+    def stop(self) -> None:
+        for _, _, stop in self.components():
+            stop()
+
+    async def close(self) -> None:
+        """Disconnect the clients (after the components stopped)."""
+        await self.registry.close()
