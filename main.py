@@ -2,16 +2,36 @@
 
     python main.py [run] [--role all|scanner|worker|uploader]   the daemon (default)
     python main.py check                                         validate settings and database
+    python main.py import EXPORT_DIR                             analyse a Telegram Desktop export
     python main.py reindex --engine ENGINE                       re-analyse everything with another engine
+    python main.py health [--max-age SECONDS]                    is the daemon alive? (Docker HEALTHCHECK)
 
-Exit codes: 0 all well; 1 the daemon stopped on an error; 2 configuration or database problems.
+Roles share one database, so they can run as separate processes, on separate machines:
+- `worker`: face analysis of downloaded media (any number of these; they need the staging area);
+- `scanner`: the Telegram accounts' clients: history sweeps, new messages, downloads, and the
+  dashboard's requests that need a client (new chats);
+- `uploader`: the hub account's client: topics, posts, renames and merges on Telegram;
+- `all` (default): everything in one process. A session file can be open in one process only:
+  run `scanner` and `uploader` separately only if the hub account scans nothing.
+
+Exit codes: 0 all well (also: stopped by SIGTERM/SIGINT, or for an update); 1 the daemon stopped on
+an error; 2 configuration, database or input problems (the message says what to fix).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
 import logging
+import os
+import signal
 import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import config
 import database
@@ -22,10 +42,17 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_CONFIG = 2
 
+ROLES = ("all", "scanner", "worker", "uploader")
+HEARTBEAT_FILE = "heartbeat"
+
 
 def _engine_dimension(engine: str) -> int:
     from media_processor import ENGINES
     return ENGINES[engine].dimension
+
+
+# --------------------------------------------------------------------------------------------
+# check, reindex, health
 
 
 def cmd_check(settings: config.Settings) -> int:
@@ -60,18 +87,437 @@ def cmd_reindex(settings: config.Settings, engine: str) -> int:
     return EXIT_OK
 
 
+def heartbeat_path(settings: config.Settings) -> Path:
+    return settings.data_dir / HEARTBEAT_FILE
+
+
+def cmd_health(settings: config.Settings, max_age: float) -> int:
+    """Exit 0 if a daemon touched DATA_DIR/heartbeat in the last `max_age` seconds."""
+    path = heartbeat_path(settings)
+    try:
+        age = time.time() - path.stat().st_mtime
+    except FileNotFoundError:
+        print(f"unhealthy: no heartbeat file {path} (the daemon is not running, or is still starting)")
+        return EXIT_FAILURE
+    if age > max_age:
+        print(f"unhealthy: the heartbeat {path} is {age:.0f} s old (more than {max_age:.0f} s): "
+              f"the daemon is stuck or stopped; see its log")
+        return EXIT_FAILURE
+    print(f"healthy: heartbeat {age:.0f} s ago")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------------------------
+# Shared construction
+
+
+@dataclass
+class Tuning:
+    """Timings of the daemon. The defaults are for production; tests (through
+    tests/daemon_launcher.py) shorten them so that kills and restarts resolve in seconds."""
+
+    lease_seconds: float = 60.0        # a dead process's jobs come back after this
+    grace: float = 20.0                # running jobs get this long to finish on SIGTERM
+    stop_deadline: float = 27.0        # everything is stopped by then (Docker waits 30 s)
+    poll_interval: float = 2.0
+    metrics_interval: float = 60.0
+    heartbeat_interval: float = 15.0   # DATA_DIR/heartbeat is touched this often
+    update_check_interval: float = 5.0
+    restart_delay: float = 2.0         # first wait before restarting a component after a database outage
+
+
+@dataclass
+class Hooks:
+    """What an embedding program (the test launcher) may replace: never set by the CLI."""
+
+    telegram_client_factory: Callable[..., Any] | None = None   # accounts.ClientFactory
+    tuning: Tuning = field(default_factory=Tuning)
+    telegram_tuning: Any = None                                 # telegram_client.TelegramTuning
+
+
+def open_pool(conninfo: str, *, max_size: int):
+    from database import async_pool
+    return async_pool(conninfo, min_size=1, max_size=max_size)
+
+
+async def start_analysis(settings: config.Settings):
+    """The face analysis processes and the matcher; raises if the model cannot be loaded."""
+    from analysis_pool import AnalysisPool
+    from identity_matcher import IdentityMatcher
+    from media_processor import FaceProcessor
+
+    processor = FaceProcessor(settings.face_engine, models_dir=settings.models_path,
+                              min_quality=settings.min_quality_threshold)
+    mode = "thread" if settings.face_engine == "insightface" else "process"
+    analyser = AnalysisPool(processor, workers=settings.num_workers, mode=mode,
+                            frame_rate=settings.video_frame_rate, max_seconds=settings.video_max_seconds,
+                            timeout=300 + settings.video_max_seconds * settings.video_frame_rate * 3)
+    await analyser.start()
+    return analyser, IdentityMatcher.from_settings(settings)
+
+
+def worker_config(settings: config.Settings, tuning: Tuning, **changes: Any):
+    from processing_queue import WorkerConfig
+    # Twice as many jobs in flight as analysis processes: while one job's faces are matched and
+    # stored (database work in this process), the next job's analysis keeps the process busy.
+    values = dict(analysis_slots=2 * settings.num_workers, download_slots=2,
+                  max_staged=max(16, 4 * settings.num_workers), poll_interval=tuning.poll_interval,
+                  grace=tuning.grace, metrics_interval=tuning.metrics_interval,
+                  max_media_bytes=settings.max_media_bytes)
+    return WorkerConfig(**values | changes)
+
+
+def prepare_database(settings: config.Settings) -> database.Prepared:
+    return database.prepare(settings, engine=settings.face_engine,
+                            dimension=_engine_dimension(settings.face_engine))
+
+
+# --------------------------------------------------------------------------------------------
+# import
+
+
+def cmd_import(settings: config.Settings, export_dir: Path, hooks: Hooks) -> int:
+    """Analyse the photos and videos of a Telegram Desktop export (see exports.py)."""
+    import exports
+
+    try:
+        contents = exports.read_export(export_dir)
+    except exports.ExportError as exc:
+        print(f"import: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        prepared = prepare_database(settings)
+    except database.DatabaseError as exc:
+        print(f"database: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    return asyncio.run(_import(settings, prepared, contents, hooks.tuning))
+
+
+async def _import(settings: config.Settings, prepared: database.Prepared, contents, tuning: Tuning) -> int:
+    import exports
+    from face_engines import ModelUnavailableError
+    from processing_queue import JobQueue, RetryPolicy, WorkerPool
+
+    try:
+        analyser, matcher = await start_analysis(settings)
+    except ModelUnavailableError as exc:
+        print(f"face engine: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    pool = open_pool(prepared.server.conninfo, max_size=settings.num_workers + 4)
+    interrupted = []
+    try:
+        await pool.open(wait=True)
+        workers = WorkerPool(JobQueue(pool, lease_seconds=tuning.lease_seconds),
+                             config=worker_config(settings, tuning, poll_interval=0.2),
+                             policy=RetryPolicy.standard(), analyser=analyser, matcher=matcher)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, lambda s=sig: (interrupted.append(s), workers.stop()))
+        report = await exports.run_import(pool, contents, workers, progress=sys.stderr.isatty())
+    finally:
+        analyser.close()
+        await pool.close()
+    for line in report.lines(contents):
+        print(line)
+    if interrupted:
+        print("interrupted: run the same import again to finish it (nothing is done twice)")
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------------------------
+# The daemon
+
+
+class Shutdown:
+    """Why and when the daemon stops: a signal, the update flag, or a component's failure."""
+
+    def __init__(self) -> None:
+        self.requested = asyncio.Event()
+        self.hurry = asyncio.Event()   # a second signal: don't wait for running jobs
+        self.reason = ""
+        self.update = False
+
+    def request(self, reason: str, *, update: bool = False) -> None:
+        if not self.requested.is_set():
+            self.reason = reason
+            self.update = update
+            logger.info("stopping: %s (running jobs get a few seconds to finish; signal again to "
+                        "hand them back at once)", reason)
+            self.requested.set()
+        elif not update and not self.hurry.is_set():
+            logger.info("stopping now: %s again", reason)
+            self.hurry.set()
+
+
+@dataclass
+class Component:
+    """A long-lived part of the daemon, run as one named, supervised task.
+
+    `run()` works until `stop()` is called, then returns. If it raises a database-unavailable
+    error and `restartable`, it is started again after a pause (the database restarted under
+    us); any other error, or returning while the daemon is not stopping, stops the daemon.
+    """
+
+    name: str
+    run: Callable[[], Awaitable[None]]
+    stop: Callable[[], None]
+    restartable: bool = True
+
+
+class ComponentFailed(Exception):
+    """A component stopped by itself; the daemon stops with it."""
+
+
+async def supervise(component: Component, shutdown: Shutdown, tuning: Tuning) -> None:
+    from processing_queue import DB_UNAVAILABLE
+
+    delay = tuning.restart_delay
+    while True:
+        try:
+            await component.run()
+        except DB_UNAVAILABLE as exc:
+            if not component.restartable or shutdown.requested.is_set():
+                raise
+            logger.warning("%s: the database is unavailable (%s); restarting it in %.0f s",
+                           component.name, str(exc).strip().splitlines()[0] if str(exc).strip() else exc, delay)
+            try:
+                await asyncio.wait_for(shutdown.requested.wait(), delay)
+                return
+            except TimeoutError:
+                delay = min(delay * 2, 60.0)
+                continue
+        except Exception as exc:
+            raise ComponentFailed(f"{component.name} failed: {type(exc).__name__}: {exc}") from exc
+        if shutdown.requested.is_set():
+            return
+        raise ComponentFailed(f"{component.name} stopped by itself")
+
+
+async def control(components: list[Component], shutdown: Shutdown, settings: config.Settings,
+                  role: str, tuning: Tuning, tasks: dict[str, asyncio.Task]) -> None:
+    """The daemon's own loop: heartbeat file, update flag; on shutdown, stop the components and
+    make sure they are gone by the deadline."""
+    from update_handler import UpdateFlag
+
+    flag = UpdateFlag(settings.update_flag_path)
+    beat = heartbeat_path(settings)
+    next_beat = next_flag = 0.0
+    while not shutdown.requested.is_set():
+        now = time.monotonic()
+        if now >= next_beat:
+            touch_heartbeat(beat, role)
+            next_beat = now + tuning.heartbeat_interval
+        if now >= next_flag:
+            if flag.is_set():  # a safe point: nothing is half-done between these checks
+                shutdown.request(flag.describe(), update=True)
+                break
+            next_flag = now + tuning.update_check_interval
+        try:
+            await asyncio.wait_for(shutdown.requested.wait(), min(tuning.heartbeat_interval,
+                                                                  tuning.update_check_interval))
+        except TimeoutError:
+            pass
+    started = time.monotonic()
+    for component in components:
+        component.stop()
+    others = [t for name, t in tasks.items() if name != "control"]
+    hurry = asyncio.create_task(shutdown.hurry.wait(), name="hurry")
+    deadline = started + tuning.stop_deadline
+    while not hurry.done() and (running := [t for t in others if not t.done()]):
+        if time.monotonic() >= deadline:
+            break
+        await asyncio.wait([*running, hurry], timeout=deadline - time.monotonic(),
+                           return_when=asyncio.FIRST_COMPLETED)
+    hurry.cancel()
+    pending = [t for t in others if not t.done()]
+    for task in pending:
+        logger.warning("%s did not stop in time; cancelling it", task.get_name())
+        task.cancel()
+    if pending:
+        await asyncio.wait(pending, timeout=2)
+    logger.info("all components stopped in %.1f s", time.monotonic() - started)
+    if shutdown.update:
+        flag.clear()
+
+
+def touch_heartbeat(path: Path, role: str) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + f".{os.getpid()}")
+        tmp.write_text(json.dumps({"pid": os.getpid(), "role": role, "at": time.time()}))
+        os.replace(tmp, path)
+    except OSError as exc:
+        logger.warning("cannot write the heartbeat file %s (%s): the health check will fail", path, exc)
+
+
+async def build_components(settings: config.Settings, role: str, pool, conninfo: str, hooks: Hooks,
+                           cleanup: list[Callable[[], Awaitable[None] | None]]) -> list[Component]:
+    """The components of `role`. Raises `StartupError` for what the operator must fix."""
+    from processing_queue import JobQueue, RetryPolicy, WorkerPool
+
+    tuning = hooks.tuning
+    components: list[Component] = []
+    analyser = matcher = None
+    if role in ("all", "worker"):
+        from face_engines import ModelUnavailableError
+        try:
+            analyser, matcher = await start_analysis(settings)
+        except ModelUnavailableError as exc:
+            raise StartupError(f"face engine: {exc}") from exc
+        cleanup.append(analyser.close)
+    telegram = None
+    if role in ("all", "scanner", "uploader"):
+        telegram = await start_telegram(settings, role, pool, conninfo, hooks)
+        cleanup.append(telegram.close)
+        components.extend(Component(name, run, stop) for name, run, stop in telegram.components())
+    downloader = telegram.downloader if telegram is not None else None
+    if analyser is not None or downloader is not None:
+        workers = WorkerPool(
+            JobQueue(pool, lease_seconds=tuning.lease_seconds),
+            config=worker_config(settings, tuning, staging_dir=settings.staging_path if downloader else None),
+            policy=RetryPolicy.standard(), analyser=analyser, matcher=matcher,
+            downloader=downloader, account_ids=telegram.account_ids if downloader else None)
+        components.append(Component("workers", workers.run, workers.stop, restartable=False))
+    return components
+
+
+async def run_components(components: list[Component], shutdown: Shutdown, settings: config.Settings,
+                         role: str, tuning: Tuning) -> int:
+    """Run every component as a named task until shutdown; one failing stops them all (exit 1)."""
+    tasks: dict[str, asyncio.Task] = {}
+    code = EXIT_OK
+    try:
+        async with asyncio.TaskGroup() as tg:
+            for component in components:
+                tasks[component.name] = tg.create_task(supervise(component, shutdown, tuning),
+                                                       name=component.name)
+            tasks["control"] = tg.create_task(
+                control(components, shutdown, settings, role, tuning, tasks), name="control")
+            logger.info("running: %s", ", ".join(tasks))
+    except* ComponentFailed as group:
+        for exc in group.exceptions:
+            logger.error("the daemon stops because %s", exc, exc_info=exc.__cause__)
+        code = EXIT_FAILURE
+    except* Exception as group:
+        for exc in group.exceptions:
+            logger.error("the daemon stops because of an unexpected error", exc_info=exc)
+        code = EXIT_FAILURE
+    return code
+
+
+async def start_telegram(settings: config.Settings, role: str, pool, conninfo: str, hooks: Hooks):
+    """The Telegram side of `role`, its accounts connected; `StartupError` if it cannot start."""
+    from telegram_client import AccountError, TelegramService
+
+    await ensure_an_account(settings, pool, conninfo, hooks)
+    service = TelegramService(settings, pool, role=role, client_factory=hooks.telegram_client_factory,
+                              tuning=hooks.telegram_tuning)
+    try:
+        await service.start()
+    except AccountError as exc:
+        await service.close()
+        raise StartupError(f"telegram: {exc}") from exc
+    return service
+
+
+async def ensure_an_account(settings: config.Settings, pool, conninfo: str, hooks: Hooks) -> None:
+    """The first run, with no account yet: log one in interactively, or say how to."""
+    async with pool.connection() as conn:
+        accounts = await (await conn.execute(database.queries.tg_active_accounts)).fetchall()
+    if accounts:
+        return
+    if not settings.telegram_configured:
+        raise StartupError(
+            "no Telegram account yet, and TG_API_ID / TG_API_HASH are not set. Get them at "
+            "https://my.telegram.org/apps (API development tools), put them in .env, then run "
+            "`python init_account.py` (or start this again in a terminal to log in). "
+            "To analyse imported exports without Telegram: `python main.py run --role worker`.")
+    if not sys.stdin.isatty():
+        raise StartupError(
+            "no Telegram account yet: log one in with `python init_account.py` (it asks for the phone "
+            "number, the login code and the two-step password; with Docker: "
+            "`docker compose run --rm app python init_account.py`), then start the daemon again.")
+    import init_account
+    from accounts import AccountError, telethon_client
+
+    print("No Telegram account is logged in yet; let's log one in (Ctrl-C to stop).")
+    try:
+        phone = await asyncio.to_thread(input, "Phone number (international format, e.g. +15551234567): ")
+        account = await init_account.login(settings, conninfo, phone,
+                                           factory=hooks.telegram_client_factory or telethon_client)
+    except (ValueError, AccountError, init_account.LoginFailed, EOFError) as exc:
+        raise StartupError(f"login: {exc}; try again with `python init_account.py`") from exc
+    print(f"Logged in: account {account['id']}. Add chats to watch with "
+          f"`python add_chat.py {account['id']} @chat` (the daemon picks them up while running).")
+
+
+class StartupError(Exception):
+    """The daemon cannot start; the message says what to do."""
+
+
+def cmd_run(settings: config.Settings, role: str, hooks: Hooks) -> int:
+    """The daemon; see the module docstring for roles and exit codes."""
+    try:
+        prepared = prepare_database(settings)
+    except database.DatabaseError as exc:
+        print(f"database: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    return asyncio.run(_run(settings, role, prepared, hooks))
+
+
+async def _run(settings: config.Settings, role: str, prepared: database.Prepared, hooks: Hooks) -> int:
+    shutdown = Shutdown()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, shutdown.request, f"received {signal.Signals(sig).name}")
+    logger.info("Face Archiver starting: role %s, %s, face engine %s, %d worker(s)", role,
+                prepared.server.location, settings.face_engine, settings.num_workers)
+    pool = open_pool(prepared.server.conninfo, max_size=2 * settings.num_workers + 8)
+    await pool.open(wait=True)
+    cleanup: list[Callable[[], Awaitable[None] | None]] = []
+    try:
+        components = await build_components(settings, role, pool, prepared.server.conninfo, hooks, cleanup)
+        if not components:
+            raise StartupError(f"role {role} has nothing to do here")
+        code = await run_components(components, shutdown, settings, role, hooks.tuning)
+    except StartupError as exc:
+        print(exc, file=sys.stderr)
+        code = EXIT_CONFIG
+    finally:
+        for close in reversed(cleanup):
+            result = close()
+            if asyncio.iscoroutine(result):
+                await asyncio.shield(result)
+        await pool.close()
+    if code == EXIT_OK:
+        logger.info("stopped (%s)", shutdown.reason or "nothing left to do")
+    return code
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="main.py", description="Face Archiver daemon and tools")
     parser.add_argument("--env-file", default=".env", help="settings file read after the environment (default .env)")
     sub = parser.add_subparsers(dest="command")
+    run = sub.add_parser("run", help="run the daemon (the default command)")
+    run.add_argument("--role", choices=ROLES, default="all", help="which part of the daemon this process runs")
     sub.add_parser("check", help="validate settings, connect, migrate, print what was found")
+    imp = sub.add_parser("import", help="analyse the photos and videos of a Telegram Desktop export")
+    imp.add_argument("export_dir", type=Path, metavar="EXPORT_DIR", help="the folder holding result.json")
     reindex = sub.add_parser("reindex", help="delete all faces and re-analyse every media item")
     reindex.add_argument("--engine", required=True, choices=["insightface", "dlib"])
+    health = sub.add_parser("health", help="exit 0 if the daemon's heartbeat is fresh (for Docker)")
+    health.add_argument("--max-age", type=float, default=90.0, help="seconds (default 90)")
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, hooks: Hooks | None = None) -> int:
     args = build_parser().parse_args(argv)
+    hooks = hooks or Hooks()
     try:
         settings = config.load_settings(args.env_file)
     except config.ConfigError as exc:
@@ -83,8 +529,11 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_check(settings)
     if args.command == "reindex":
         return cmd_reindex(settings, args.engine)
-    print("the daemon is not built yet: only `check` and `reindex` are available", file=sys.stderr)
-    return EXIT_FAILURE
+    if args.command == "health":
+        return cmd_health(settings, args.max_age)
+    if args.command == "import":
+        return cmd_import(settings, args.export_dir, hooks)
+    return cmd_run(settings, getattr(args, "role", "all"), hooks)
 
 
 if __name__ == "__main__":

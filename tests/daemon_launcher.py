@@ -1,0 +1,43 @@
+"""Runs `main.py` the way the tests need it, without test hooks in production code.
+
+    python tests/daemon_launcher.py [main.py arguments…]
+
+- Timings are shortened (`main.Tuning`): leases of a few seconds, so that the jobs of a process
+  killed with -9 come back in seconds, not a minute; a heartbeat file every second.
+- With FA_FAKE_TELEGRAM=<state file>, the Telegram clients are `tests/fake_telegram.py`'s fake
+  client keeping its state (chats, messages, topics, posts) in that JSON file, so a test can
+  build a world, run the daemon in a subprocess against it, kill it, and read what it posted.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+TESTS = Path(__file__).resolve().parent
+sys.path.insert(0, str(TESTS.parent))
+sys.path.insert(0, str(TESTS))
+
+import main  # noqa: E402
+
+TUNING = main.Tuning(lease_seconds=3.0, grace=4.0, stop_deadline=8.0, poll_interval=0.3,
+                     metrics_interval=2.0, heartbeat_interval=1.0, update_check_interval=0.3,
+                     restart_delay=0.5)
+
+
+def hooks() -> main.Hooks:
+    from telegram_client import TelegramTuning
+
+    factory = None
+    state = os.environ.get("FA_FAKE_TELEGRAM")
+    if state:
+        import fake_telegram
+        factory = fake_telegram.client_factory(Path(state))
+    telegram = TelegramTuning(sweep_poll=0.3, watched_refresh=0.5, account_check=0.5, actions_poll=0.3,
+                              uploads_poll=0.3)
+    return main.Hooks(telegram_client_factory=factory, tuning=TUNING, telegram_tuning=telegram)
+
+
+if __name__ == "__main__":
+    sys.exit(main.main(sys.argv[1:], hooks()))
