@@ -22,7 +22,9 @@ sys.path.insert(0, str(ROOT))
 
 import database  # noqa: E402
 
-FACES_DIR = Path(os.environ.get("FACES_DIR", ROOT.parent / "shared" / "faces"))
+# The team's photo fixtures (public domain / CC0, see tests/faces/README.md), kept in the repository
+# so that CI needs nothing beside it; FACES_DIR points the suite at another labelled set.
+FACES_DIR = Path(os.environ.get("FACES_DIR", ROOT / "tests" / "faces"))
 TEMPLATE_DB = "fa_template"
 _counter = itertools.count()
 

@@ -82,7 +82,7 @@ def png_bomb(width: int = 30000, height: int = 30000) -> bytes:
 
 
 def faces_dir() -> Path:
-    """The labelled test photos: $FACES_DIR, else ../shared/faces next to the repository."""
+    """The labelled test photos: $FACES_DIR, else tests/faces next to the repository."""
     import os
 
     root = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""IdentityMatcher on a real PostgreSQL with real dlib embeddings of ../shared/faces.
+"""IdentityMatcher on a real PostgreSQL with real dlib embeddings of tests/faces.
 
 Every photo is one media item; `analysed_faces` (conftest) has run the real dlib engine over
 them once per test run. The identities: Obama in 5 single photos, the composite and the

@@ -1,4 +1,4 @@
-"""`python main.py import EXPORT_DIR`: a Telegram Desktop export built from ../shared/faces,
+"""`python main.py import EXPORT_DIR`: a Telegram Desktop export built from tests/faces,
 imported by the real command (a subprocess) with the real dlib engine into a real database."""
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ import pytest
 from telethon import types, utils
 
 import exports
-from conftest import ROOT
+from conftest import FACES_DIR, ROOT
 from media_fixtures import letterbox, write_video
 
 SUPERGROUP = 1234567890          # the bare id Telegram Desktop writes
 MARKED = utils.get_peer_id(types.PeerChannel(SUPERGROUP))
 
-# (message id, file in ../shared/faces). Obama and Biden are seen often enough to become persons;
+# (message id, file in tests/faces). Obama and Biden are seen often enough to become persons;
 # Kamala Harris and Eileen Collins once each, like the unnamed people of the Situation Room.
 PHOTOS = [
     (10, "barack_obama_01.jpg"), (11, "joe_biden_01.jpg"), (12, "kamala_harris_01.jpg"),
@@ -89,7 +89,7 @@ def imported(tmp_path_factory, admin_conninfo, template_db):
     import database
 
     base = tmp_path_factory.mktemp("import")
-    export = build_export(base / "export", Path(os.environ.get("FACES_DIR", ROOT.parent / "shared" / "faces")))
+    export = build_export(base / "export", FACES_DIR)
     db = create_database(admin_conninfo, template_db)
     database.ensure_engine(db, "dlib", 128)
     done = run_main(base, db, "import", str(export))

@@ -1,6 +1,6 @@
 """FaceProcessor on real photos with the real dlib model: detection, identity, quality, inputs.
 
-The photos and their labels are in ../shared/faces (or $FACES_DIR); `analysed_faces` in
+The photos and their labels are in tests/faces (or $FACES_DIR); `analysed_faces` in
 conftest.py runs the detector over all of them once per test run.
 """
 

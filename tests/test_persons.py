@@ -1,6 +1,6 @@
 """The operator's corrections (persons.py) and how matching respects them afterwards.
 
-Real PostgreSQL, real dlib faces of ../shared/faces; the corrections run on a plain sync
+Real PostgreSQL, real dlib faces of tests/faces; the corrections run on a plain sync
 connection as the dashboard's would, the matching on the async pool as the daemon's.
 """
 
