@@ -1,0 +1,57 @@
+"""Face Archiver dashboard: `streamlit run dashboard.py`.
+
+Shows what the daemon does (progress, persons, errors) and lets the operator correct persons.
+It talks to PostgreSQL only, never to Telegram: corrections that must change Telegram (topic
+renames, merges, deleted posts, new chats) are recorded in `dashboard_actions`, and the daemon,
+which holds the Telegram clients, applies them. Each correction says what it will change on
+Telegram before the operator confirms it.
+
+Access: DASHBOARD_PASSWORD is required (see dashboard_pages/access.py). The pages live in
+dashboard_pages/; .streamlit/config.toml holds Streamlit's own settings.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import psycopg
+import streamlit as st
+
+import config
+from dashboard_pages import access, app
+
+st.set_page_config(page_title="Face Archiver", page_icon=":material/face:", layout="wide")
+
+try:
+    settings = app.settings()
+except config.ConfigError as exc:
+    st.error("The configuration has problems; fix them in .env (or the environment) and restart "
+             "the dashboard:\n\n" + "\n".join(f"- {problem}" for problem in exc.problems))
+    st.stop()
+
+logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+access.require_sign_in(settings)
+app.connect()
+
+page = st.navigation({
+    "Monitor": [
+        st.Page(app.OVERVIEW_PAGE, title="Overview", icon=":material/monitoring:", default=True),
+        st.Page(app.CHATS_PAGE, title="Chats", icon=":material/forum:"),
+        st.Page(app.ERRORS_PAGE, title="Errors", icon=":material/error:"),
+    ],
+    "Persons": [
+        st.Page(app.GALLERY_PAGE, title="Persons", icon=":material/groups:"),
+        st.Page(app.PERSON_PAGE, title="Person", icon=":material/person:"),
+        st.Page(app.REVIEW_PAGE, title="Review", icon=":material/rule:"),
+        st.Page(app.SEARCH_PAGE, title="Search by photo", icon=":material/image_search:"),
+    ],
+})
+if settings.dashboard_auth and st.sidebar.button("Sign out", icon=":material/logout:"):
+    access.sign_out()
+    st.rerun()
+try:
+    page.run()
+except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+    # The database went away (restart, network): the pool reconnects on the next run.
+    st.error(f"The database is not reachable right now ({str(exc).strip() or type(exc).__name__}). "
+             "Reload the page in a moment.")

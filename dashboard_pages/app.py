@@ -1,0 +1,242 @@
+"""What every dashboard page shares: settings, the database, formatting and Telegram links.
+
+Settings are read once per process and the database is prepared (located, started if embedded,
+migrated) once per process; both live in `st.cache_resource`. Every read is a named query of
+`sql/dashboard.sql`; corrections go through persons.py (see `corrections`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import psycopg
+import streamlit as st
+from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool
+
+import config
+import database
+from dashboard_pages.actions import person_ids
+from database import queries
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Page files, relative to dashboard.py (st.page_link and st.switch_page take these paths).
+OVERVIEW_PAGE = "dashboard_pages/overview.py"
+CHATS_PAGE = "dashboard_pages/chats.py"
+ERRORS_PAGE = "dashboard_pages/errors.py"
+GALLERY_PAGE = "dashboard_pages/gallery.py"
+PERSON_PAGE = "dashboard_pages/person.py"
+REVIEW_PAGE = "dashboard_pages/review.py"
+SEARCH_PAGE = "dashboard_pages/search.py"
+
+DB_WAIT = 10.0  # seconds a page waits for a database connection before saying it is unreachable
+
+
+# --- settings and database ---------------------------------------------------------------------
+
+
+@st.cache_resource(show_spinner=False)
+def settings() -> config.Settings:
+    """The settings, read once per process (a ConfigError is not cached: fix .env and reload)."""
+    return config.load_settings()
+
+
+@dataclass
+class Database:
+    prepared: database.Prepared  # holds the embedded server (if any) for as long as we run
+    pool: ConnectionPool
+
+
+def _close(db: Database) -> None:
+    db.pool.close()
+
+
+@st.cache_resource(show_spinner="Connecting to the database…", on_release=_close)
+def _database() -> Database:
+    prepared = database.prepare(settings())
+    pool = database.sync_pool(prepared.server.conninfo, min_size=1, max_size=4, name="dashboard")
+    try:
+        pool.open(wait=True, timeout=30)
+    except psycopg.Error as exc:
+        pool.close()
+        raise database.DatabaseError(f"cannot connect to {prepared.server.location}: {exc}") from exc
+    logger.info("dashboard connected to %s (schema version %d)",
+                prepared.server.location, prepared.schema_version)
+    return Database(prepared, pool)
+
+
+def connect() -> Database:
+    """The database, prepared on first use; stops the page with the reason if it can't be reached."""
+    try:
+        return _database()
+    except (database.DatabaseError, psycopg.Error) as exc:
+        st.error(f"The database cannot be used: {exc}")
+        st.stop()
+
+
+def pool() -> ConnectionPool:
+    return connect().pool
+
+
+def rows(query: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The rows of a named query, as dicts."""
+    with pool().connection(timeout=DB_WAIT) as conn, conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(query, params or {})
+        return cur.fetchall()
+
+
+def one(query: str, params: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    found = rows(query, params)
+    return found[0] if found else None
+
+
+def change(fn: Callable[..., T], *args: Any) -> T:
+    """Run a correction `fn(conn, *args)` (persons.py) in its own transaction."""
+    with pool().connection(timeout=DB_WAIT) as conn:
+        return fn(conn, *args)
+
+
+# --- messages that survive the rerun after a change ----------------------------------------------
+
+
+def flash(message: str) -> None:
+    """Show `message` as a success at the top of the next run (the page reruns after a change)."""
+    st.session_state["_flash"] = message
+
+
+def show_flash() -> None:
+    message = st.session_state.pop("_flash", None)
+    if message:
+        st.success(message)
+
+
+# --- formatting --------------------------------------------------------------------------------
+
+
+def _zone() -> ZoneInfo:
+    name = None
+    try:
+        name = st.context.timezone
+    except Exception:  # outside a browser session (AppTest without context)
+        name = None
+    try:
+        return ZoneInfo(name or "UTC")
+    except (ZoneInfoNotFoundError, ValueError):
+        return ZoneInfo("UTC")
+
+
+def when(value: datetime | None, empty: str = "—") -> str:
+    """A time in the viewer's time zone, to the minute."""
+    if value is None:
+        return empty
+    return value.astimezone(_zone()).strftime("%Y-%m-%d %H:%M")
+
+
+def day(value: datetime | None, empty: str = "—") -> str:
+    """A date in the viewer's time zone."""
+    return value.astimezone(_zone()).strftime("%Y-%m-%d") if value is not None else empty
+
+
+def local(value: datetime | None) -> datetime | None:
+    """A time in the viewer's time zone, for tables."""
+    return value.astimezone(_zone()) if value is not None else None
+
+
+def masked_phone(phone: str | None) -> str:
+    """A phone number with all but its country code start and last two digits hidden."""
+    if not phone:
+        return "—"
+    digits = phone.strip()
+    return f"{digits[:3]}…{digits[-2:]}" if len(digits) > 5 else "…"
+
+
+def plural(count: int, one_word: str, many: str | None = None) -> str:
+    return f"{count} {one_word if count == 1 else (many or one_word + 's')}"
+
+
+def verb(count: int, one_form: str, many: str) -> str:
+    """The verb form that agrees with `count` ("is"/"are", "becomes"/"become")."""
+    return one_form if count == 1 else many
+
+
+def person_name(label: str, hidden: bool = False) -> str:
+    return f"{label} (hidden)" if hidden else label
+
+
+# --- Telegram links ----------------------------------------------------------------------------
+
+
+def _channel_part(chat_id: int | None) -> int | None:
+    """The id in t.me/c/… links of a supergroup or channel (marked id -100…); None otherwise."""
+    if chat_id is None or chat_id > -1_000_000_000_000:
+        return None
+    return -chat_id - 1_000_000_000_000
+
+
+def message_link(chat_id: int | None, message_id: int | None, username: str | None = None) -> str | None:
+    """A t.me link to a message, when one exists: public chats by username, supergroups and
+    channels by id (members only). Basic groups and private chats have no message links."""
+    if message_id is None:
+        return None
+    if username:
+        return f"https://t.me/{username}/{message_id}"
+    channel = _channel_part(chat_id)
+    return f"https://t.me/c/{channel}/{message_id}" if channel is not None else None
+
+
+def topic_link(hub_chat_id: int | None, topic_id: int | None, message_id: int | None = None) -> str | None:
+    """A t.me link to a forum topic of the hub (or to one message in it)."""
+    channel = _channel_part(hub_chat_id)
+    if channel is None or topic_id is None:
+        return None
+    return f"https://t.me/c/{channel}/{topic_id}" + (f"/{message_id}" if message_id else "")
+
+
+def hub_of(person: dict[str, Any]) -> int | None:
+    """The hub a person's topic lives in: recorded with the topic, else the configured one."""
+    return person.get("hub_chat_id") or settings().hub_group_id
+
+
+def source_text(chat_title: str | None, chat_id: int, message_id: int) -> str:
+    return f"{chat_title or chat_id} · message {message_id}"
+
+
+def person_labels(actions: list[dict[str, Any]]) -> dict[int, str]:
+    """{person id: label} of every person the actions name."""
+    ids = person_ids(actions)
+    return {r["id"]: r["label"] for r in rows(queries.dashboard_labels, {"person_ids": ids})} if ids else {}
+
+
+def request_chat(identifier: str, account_id: int) -> None:
+    """Ask the daemon to watch a chat: the same request `python add_chat.py` records (the
+    dashboard holds no Telegram client; the daemon resolves the chat with its own)."""
+    import add_chat  # the telegram side owns the request's format
+
+    with pool().connection(timeout=DB_WAIT) as conn:
+        add_chat.request_chat(conn, identifier, account_id=account_id)
+
+
+# --- search by photo ---------------------------------------------------------------------------
+
+
+@st.cache_resource(show_spinner="Loading the face model…")
+def face_processor(engine: str):
+    """The face engine that made the stored embeddings (search vectors must be comparable)."""
+    from media_processor import FaceProcessor
+    return FaceProcessor(engine, models_dir=settings().models_path, min_quality=0.0)
+
+
+def nearest_persons(embedding, *, k: int = 50, persons: int = 5) -> list[dict[str, Any]]:
+    """The persons nearest to a face embedding, best similarity first, with label and cover."""
+    with pool().connection(timeout=DB_WAIT) as conn, conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(queries.dashboard_search_ef, {"ef_search": str(max(k, 40))})
+        cur.execute(queries.dashboard_nearest_persons, {"embedding": embedding, "k": k, "persons": persons})
+        return cur.fetchall()

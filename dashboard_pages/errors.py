@@ -1,0 +1,55 @@
+"""Errors: the newest processing_errors, filtered by type and text, each with its context."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from dashboard_pages import app
+from database import queries
+
+st.title("Errors")
+types = app.rows(queries.dashboard_error_types)
+if not types:
+    st.success("No errors recorded.")
+    st.stop()
+
+counts = {t["error_type"]: t["errors"] for t in types}
+left, middle, right = st.columns([3, 3, 1])
+chosen = left.multiselect("Types", list(counts), format_func=lambda t: f"{t} ({counts[t]})",
+                          placeholder="All types")
+text = middle.text_input("Message contains", placeholder="e.g. truncated")
+limit = right.selectbox("Show", [50, 200, 1000], index=0)
+errors = app.rows(queries.dashboard_errors, {"types": chosen, "text": text.strip(), "limit": limit})
+
+st.caption(f"{app.plural(len(errors), 'error')} shown, newest first "
+           f"({sum(counts.values()):,} recorded in all).")
+if not errors:
+    st.info("No error matches this filter.")
+    st.stop()
+
+st.dataframe(pd.DataFrame([{
+    "When": app.local(e["error_timestamp"]),
+    "Type": e["error_type"],
+    "Message": e["error_message"],
+    "Job": e["job_id"],
+    "Chat": (e["error_context"] or {}).get("source_chat_id"),
+    "Message id": (e["error_context"] or {}).get("source_message_id"),
+} for e in errors]), hide_index=True, width="stretch", column_config={
+    "When": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm:ss"),
+    "Job": st.column_config.NumberColumn(format="%d"),
+    "Chat": st.column_config.NumberColumn(format="%d"),
+    "Message id": st.column_config.NumberColumn(format="%d"),
+})
+
+st.subheader("Context")
+for e in errors[:20]:
+    with st.expander(f"{app.when(e['error_timestamp'])} · {e['error_type']} · {e['error_message'][:100]}"):
+        st.code(e["error_message"], language=None, wrap_lines=True)
+        context = e["error_context"] or {}
+        link = app.message_link(context.get("source_chat_id"), context.get("source_message_id"))
+        if link:
+            st.markdown(f"[Source message]({link})")
+        st.json(context | ({"job_id": e["job_id"]} if e["job_id"] else {}))
+if len(errors) > 20:
+    st.caption("Context is shown for the newest 20; narrow the filter to see others.")

@@ -1,0 +1,122 @@
+"""A person: their faces and media, and the corrections (rename, merge, move faces out, cover, hide).
+
+The person is the query parameter `person` (the gallery links here with it)."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from dashboard_pages import app, corrections
+from database import queries
+
+FACES_PER_ROW = 8
+FACES_SHOWN = 96
+MEDIA_SHOWN = 200
+
+app.show_flash()
+choices = app.rows(queries.dashboard_person_choices)
+
+
+def pick_person() -> None:
+    st.title("Person")
+    if not choices:
+        st.info("No persons yet.")
+        st.stop()
+    by_id = {c["id"]: c for c in choices}
+    chosen = st.selectbox("Person", list(by_id), index=None, placeholder="Choose a person",
+                          format_func=lambda i: f"{app.person_name(by_id[i]['label'], by_id[i]['hidden'])} (#{i})")
+    if chosen is not None:
+        st.query_params["person"] = str(chosen)
+        st.rerun()
+    st.stop()
+
+
+raw = st.query_params.get("person", "")
+if not raw.isdigit():
+    pick_person()
+person_id = int(raw)
+person = app.one(queries.dashboard_person, {"person_id": person_id})
+if person is None:
+    st.title("Person")
+    st.warning(f"There is no person #{person_id} (a person left with no face is removed).")
+    st.page_link(app.GALLERY_PAGE, label="All persons", icon=":material/groups:")
+    st.stop()
+if person["merged_into"] is not None:
+    st.title(person["label"])
+    st.info(f"Merged into «{person['merged_into_label']}»: its faces and posts are there now.")
+    st.page_link(app.PERSON_PAGE, label=person["merged_into_label"], icon=":material/person:",
+                 query_params={"person": str(person["merged_into"])})
+    st.stop()
+
+# --- who ---------------------------------------------------------------------------------------
+picture, about = st.columns([1, 5])
+if person["cover"]:
+    picture.image(person["cover"], width="stretch")
+about.title(app.person_name(person["label"], person["hidden"]))
+topic = app.topic_link(app.hub_of(person), person["topic_id"])
+facts = [
+    "named by you" if person["label_is_manual"] else "not named yet",
+    (f"[topic]({topic})" if topic else f"topic {person['topic_id']}") if person["topic_id"] is not None
+    else "no topic yet (created when its first post is due)",
+    f"{app.plural(person['faces'], 'face')} in {app.plural(person['media'], 'media item')}",
+    f"{person['posts']} posted, {person['posts_due']} due",
+    f"first seen {app.when(person['first_seen'])}, last seen {app.when(person['last_seen'])}",
+]
+about.markdown(" · ".join(facts))
+
+# --- faces -------------------------------------------------------------------------------------
+st.subheader("Faces")
+faces = app.rows(queries.dashboard_person_faces, {"person_id": person_id, "limit": FACES_SHOWN})
+if not faces:
+    st.caption("No faces left.")
+else:
+    st.caption("Best first. Tick the faces that are not this person, then use “Move faces” below."
+               + (f" Showing the best {FACES_SHOWN} of {person['faces']}." if person["faces"] > FACES_SHOWN else ""))
+for start in range(0, len(faces), FACES_PER_ROW):
+    for col, face in zip(st.columns(FACES_PER_ROW), faces[start:start + FACES_PER_ROW]):
+        with col:
+            st.image(face["crop_jpeg"], width="stretch")
+            cover_mark = " ★" if face["id"] == person["cover_face_id"] else ""
+            st.checkbox(f"#{face['id']}{cover_mark}", key=f"face_{person_id}_{face['id']}")
+            link = app.message_link(face["source_chat_id"], face["source_message_id"], face["chat_username"])
+            source = app.source_text(face["chat_title"], face["source_chat_id"], face["source_message_id"])
+            scores = f"quality {face['quality_score']:.2f}" + (
+                f" · match {face['match_similarity']:.2f}" if face["match_similarity"] else "")
+            st.caption(f"{scores}  \n" + (f"[{source}]({link})" if link else source))
+selected = [f["id"] for f in faces if st.session_state.get(f"face_{person_id}_{f['id']}")]
+
+# --- media -------------------------------------------------------------------------------------
+st.subheader("Media")
+media = app.rows(queries.dashboard_person_media, {"person_id": person_id, "limit": MEDIA_SHOWN})
+hub = app.hub_of(person)
+if media:
+    st.dataframe(pd.DataFrame([{
+        "Date": app.local(m["message_date"]),
+        "Type": m["media_type"],
+        "Source": app.source_text(m["chat_title"], m["source_chat_id"], m["source_message_id"]),
+        "Source link": app.message_link(m["source_chat_id"], m["source_message_id"], m["chat_username"]),
+        "Faces": m["faces"],
+        "Post": m["post_status"] or "—",
+        "Post link": (app.topic_link(hub, person["topic_id"], m["uploaded_message_id"])
+                      if m["post_status"] == "posted" else None),
+    } for m in media]), hide_index=True, width="stretch", column_config={
+        "Date": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm"),
+        "Source link": st.column_config.LinkColumn(display_text="open"),
+        "Post link": st.column_config.LinkColumn(display_text="open in hub"),
+    })
+
+# --- corrections -------------------------------------------------------------------------------
+st.subheader("Corrections")
+rename, merge, move, cover, hide = st.tabs(
+    ["Rename", "Merge", "Move faces", "Cover", "Unhide" if person["hidden"] else "Hide"])
+with rename:
+    corrections.rename(person)
+with merge:
+    corrections.merge(person, choices)
+with move:
+    corrections.move_faces(person, selected, choices)
+with cover:
+    corrections.cover(person, faces)
+with hide:
+    corrections.hide(person)

@@ -1,0 +1,105 @@
+"""Review: "maybe the same person" suggestions (merge or not) and faces the matcher could not
+decide between persons (choose one, a new person, or nobody)."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+import persons
+from dashboard_pages import app, corrections
+from dashboard_pages.corrections import brief, name, on_telegram
+from database import queries
+
+SHOWN = 20
+
+st.title("Review")
+app.show_flash()
+
+
+def default_survivor(a: dict, b: dict) -> int:
+    """The one persons.accept_merge_suggestion keeps by default: named, then with a topic, then
+    more faces, then the older one."""
+    return max((a, b), key=lambda p: (p["label_is_manual"], p["topic_id"] is not None,
+                                      p["faces"], -p["id"]))["id"]
+
+
+def person_tile(column, person: dict, caption: str = "") -> None:
+    with column:
+        if person["cover"]:
+            st.image(person["cover"], width=120)
+        st.page_link(app.PERSON_PAGE, label=app.person_name(person["label"], person["hidden"]),
+                     query_params={"person": str(person["id"])})
+        st.caption(f"{app.plural(person['faces'], 'face')}" + (f" · {caption}" if caption else ""))
+
+
+# --- maybe the same person ---------------------------------------------------------------------
+st.subheader("Maybe the same person")
+suggestions = app.rows(queries.dashboard_merge_suggestions, {"limit": SHOWN})
+if not suggestions:
+    st.caption("No suggestions. Persons whose faces come close are offered here, never merged silently.")
+pairs = brief(sorted({p for s in suggestions for p in (s["person_a"], s["person_b"])}))
+for s in suggestions:
+    a, b = pairs.get(s["person_a"]), pairs.get(s["person_b"])
+    if a is None or b is None or a["id"] == b["id"]:
+        continue
+    with st.container(border=True):
+        left, right, decide = st.columns([1, 1, 4])
+        person_tile(left, a)
+        person_tile(right, b)
+        with decide:
+            st.markdown(f"Similarity of their closest faces: **{s['score']:.3f}**")
+            pair = {a["id"]: a, b["id"]: b}
+            keep = st.radio("Keep", list(pair), index=list(pair).index(default_survivor(a, b)),
+                            horizontal=True, key=f"suggestion_keep_{s['id']}",
+                            format_func=lambda i, pair=pair: pair[i]["label"])
+            survivor, absorbed = (a, b) if keep == a["id"] else (b, a)
+            on_telegram(corrections.merge_effects(survivor, absorbed))
+            same, different = st.columns(2)
+            if same.button("Same person: merge", key=f"suggestion_merge_{s['id']}", type="primary"):
+                corrections.apply(persons.accept_merge_suggestion, s["id"], survivor["id"],
+                                  done=f"Merged {name(absorbed)} into {name(survivor)}.")
+            if different.button("Different people", key=f"suggestion_reject_{s['id']}"):
+                corrections.apply(persons.reject_merge_suggestion, s["id"],
+                                  done=f"Noted: {name(a)} and {name(b)} are different people; "
+                                       "they are not offered again.")
+
+# --- faces to decide ---------------------------------------------------------------------------
+st.subheader("Faces to decide")
+total = app.one(queries.dashboard_review_total)["count"]
+faces = app.rows(queries.dashboard_review_faces, {"limit": SHOWN})
+if not faces:
+    st.caption("No faces to decide. A face that looks like two persons almost equally waits here "
+               "instead of being guessed.")
+elif total > len(faces):
+    st.caption(f"The oldest {len(faces)} of {total}.")
+candidates = brief(sorted({c["person_id"] for f in faces for c in (f["review_candidates"] or [])}))
+for face in faces:
+    options: dict[int, dict] = {}
+    similarity: dict[int, float] = {}
+    for c in face["review_candidates"] or []:
+        now = candidates.get(c["person_id"])
+        if now is not None:  # followed through merges; the best similarity per person
+            options[now["id"]] = now
+            similarity[now["id"]] = max(similarity.get(now["id"], 0.0), c["similarity"])
+    with st.container(border=True):
+        columns = st.columns([1] + [1] * max(len(options), 1) + [2])
+        with columns[0]:
+            st.image(face["crop_jpeg"], width=120)
+            link = app.message_link(face["source_chat_id"], face["source_message_id"], face["chat_username"])
+            source = app.source_text(face["chat_title"], face["source_chat_id"], face["source_message_id"])
+            st.caption((f"[{source}]({link})" if link else source)
+                       + (f"  \n{len(face['unit_ids'])} faces of one video track" if len(face["unit_ids"]) > 1 else ""))
+        for column, person in zip(columns[1:], options.values()):
+            person_tile(column, person, f"similarity {similarity[person['id']]:.3f}")
+            if column.button(f"It's {person['label']}", key=f"review_{face['id']}_{person['id']}"):
+                corrections.apply(persons.resolve_review, face["id"], person["id"],
+                                  done=f"The face is {name(person)}'s.")
+        with columns[-1]:
+            on_telegram(["choosing a person posts this media item in their topic (unless they are "
+                         "hidden or have it already).",
+                         "a new person gets its topic with its first post; “nobody” posts nothing."])
+            if st.button("A new person", key=f"review_new_{face['id']}"):
+                corrections.apply(persons.move_faces_to_new_person, face["unit_ids"],
+                                  done=lambda new_id: f"Made a new person (#{new_id}) of the face.")
+            if st.button("Nobody to follow", key=f"review_dismiss_{face['id']}"):
+                corrections.apply(persons.resolve_review, face["id"], None, done="The face is dismissed.")
