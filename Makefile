@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test check
+.PHONY: install run test check dashboard
 
 $(STAMP): requirements.txt requirements-insightface.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,9 @@ install: $(STAMP)
 
 run: install
 	$(PY) main.py run
+
+dashboard: install
+	$(VENV)/bin/streamlit run dashboard.py --server.address=127.0.0.1 --server.port=8501
 
 check: install
 	$(PY) main.py check
