@@ -32,7 +32,7 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image
 
-from face_engines import DlibEngine, InsightFaceEngine, ModelUnavailableError, RawFace
+from face_engines import Candidate, DlibEngine, InsightFaceEngine, ModelUnavailableError, RawFace
 from face_engines import download_insightface_models
 from face_engines import box_iou, raw_face_from_insightface
 from media_decode import DEFAULT_MAX_PIXELS, ImageInput, MediaError, load_image, read_head
@@ -123,8 +123,9 @@ class FaceProcessor:
                  similarity_threshold: float | None = None) -> None:
         """`engine`: a key of `ENGINES`. `models_dir`: MODELS_DIR (insightface looks in
         ``models_dir/models/buffalo_l``; default ``~/.insightface``). `min_quality`: faces below
-        are dropped. `det_size`: insightface's detector input. `min_face_size`: smallest face
-        dlib looks for, in px. `max_pixels`: larger images and video frames are `MediaError`.
+        are dropped (with dlib, before they are embedded). `det_size`: insightface's detector
+        input. `min_face_size`: smallest face dlib looks for, in px. `max_pixels`: larger
+        images and video frames are `MediaError`.
         `similarity_threshold`: for linking faces within a video (default: the engine's)."""
         if engine not in ENGINES:
             raise ValueError(f"unknown face engine {engine!r}; choose one of {', '.join(ENGINES)}")
@@ -160,8 +161,14 @@ class FaceProcessor:
     def faces_in_rgb(self, rgb: np.ndarray, *, frame_time: float | None = None,
                      scale: float = 1.0) -> list[DetectedFace]:
         """The faces in a decoded, upright RGB array; boxes are multiplied by `scale`."""
+        keep = None
+        if self.min_quality > 0:
+            # Quality needs no embedding: faces that would be dropped are never embedded (the
+            # daemon's MIN_QUALITY_THRESHOLD is 0.5, and an embedding costs ~160 ms with dlib).
+            def keep(candidate: Candidate) -> bool:
+                return face_quality(rgb, candidate) >= self.min_quality
         faces = [build_face(rgb, raw, frame_time=frame_time, scale=scale)
-                 for raw in self._engine.detect(rgb)]
+                 for raw in self._engine.detect(rgb, keep=keep)]
         kept = [f for f in faces if f.quality >= self.min_quality]
         return sorted(kept, key=lambda f: -f.quality)
 
@@ -241,8 +248,8 @@ def detected_face_from_insightface(rgb: np.ndarray, face: Any) -> DetectedFace:
 # --- quality and crops -------------------------------------------------------------------------
 
 
-def quality_components(rgb: np.ndarray, raw: RawFace) -> dict[str, float]:
-    """The four parts of `face_quality`, each in [0, 1].
+def quality_components(rgb: np.ndarray, raw: RawFace | Candidate) -> dict[str, float]:
+    """The four parts of `face_quality`, each in [0, 1]. (`raw` needs no embedding.)
 
     - detector: the engine's confidence.
     - size: the face's side (square root of the box area) on a log scale from 20 px (useless)
@@ -266,7 +273,7 @@ def quality_components(rgb: np.ndarray, raw: RawFace) -> dict[str, float]:
     return {k: float(np.clip(v, 0.0, 1.0)) for k, v in parts.items()}
 
 
-def face_quality(rgb: np.ndarray, raw: RawFace) -> float:
+def face_quality(rgb: np.ndarray, raw: RawFace | Candidate) -> float:
     """Quality in [0, 1]: the weighted geometric mean of `quality_components` (weights: detector
     0.25, size 0.30, sharpness 0.25, pose 0.20; each floored at 0.02). Blurred, small and turned
     faces score lower."""

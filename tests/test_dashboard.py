@@ -6,6 +6,7 @@ through POSTGRES_* in the environment."""
 
 from __future__ import annotations
 
+from datetime import timezone
 from pathlib import Path
 
 import psycopg
@@ -159,7 +160,7 @@ def test_overview_counts_charts_queue_and_accounts(db):
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Messages scanned"] == "1,550"      # 1,200 + 340 + 10 in the three chats
     assert metrics["Media analysed"] == "15"           # 14 photos and the re-sent one; the corrupt file failed
-    assert metrics["Faces"] == "23"
+    assert metrics["Faces"] == "24"
     assert metrics["Persons"] == "3"
     assert metrics["Errors"] == "1"
     assert (metrics["To download"], metrics["To analyse"], metrics["Failed"]) == ("0", "0", "1")
@@ -239,7 +240,13 @@ def test_the_gallery_shows_the_persons_the_pipeline_made(db):
     assert tiles[0] == "Person 3"                       # most faces first
     assert len(at.image) == 3                           # a cover each
     captions = " ".join(c.value for c in at.caption)
-    assert "5 faces · 5 media · 0 posted" in captions and "first seen" in captions
+    assert "5 faces · 5 media  \n0 posted" in captions
+    # First and last seen: the dates of the messages the faces are in (the export's dates).
+    first, last = db.execute("""SELECT (min(m.message_date) AT TIME ZONE 'UTC')::date::text,
+                                       (max(m.message_date) AT TIME ZONE 'UTC')::date::text
+                                FROM face_embeddings f JOIN media_items m ON m.id = f.media_item_id
+                                WHERE f.topic_id = %s""", (biden(db),)).fetchone()
+    assert f"first {first}  \nlast {last}" in captions
 
     at.text_input(key="gallery_filter").input("person 2").run()
     assert [link.label for link in at.page_link] == ["Person 2"]
@@ -263,11 +270,18 @@ def test_a_persons_page_shows_faces_media_and_sources(db):
     assert [t.value for t in at.title] == ["Person 3"]
     about = at.markdown[0].value
     assert "[topic](https://t.me/c/9999999999/77)" in about and "5 faces in 5 media items" in about
+    # Seen: the dates of its messages, as in the gallery (not when the pipeline ran).
+    first, last = db.execute("""SELECT min(m.message_date), max(m.message_date)
+                                FROM face_embeddings f JOIN media_items m ON m.id = f.media_item_id
+                                WHERE f.topic_id = %s""", (person,)).fetchone()
+    first, last = (t.astimezone(timezone.utc) for t in (first, last))   # the viewer's zone: UTC here
+    assert f"first seen {first:%Y-%m-%d %H:%M}, last seen {last:%Y-%m-%d %H:%M}" in about
     face_boxes = [c for c in at.checkbox if c.key.startswith(f"face_{person}_")]
     assert len(face_boxes) == 5 == len(faces_of(db, person))
     media = at.dataframe[0].value
     assert len(media) == 5 and sorted(media["Post"]) == ["pending"] * 4 + ["posted"]
-    assert list(media["Post link"].dropna()) == ["https://t.me/c/9999999999/77/4242"]
+    assert [link for link in media["Post link"] if link] == ["https://t.me/c/9999999999/77/4242"]
+    assert "None" not in list(media["Post link"])        # an empty cell, not the word None
     assert all(link.startswith("https://t.me/") for link in media["Source link"])
     # Newest message first, with its date (the export's message dates).
     assert list(media["Date"]) == sorted(media["Date"], reverse=True)
@@ -459,7 +473,7 @@ def test_search_by_photo_finds_the_persons_in_it(db):
         assert verdicts[0].endswith("· likely")
         found.append(labels[0])
     assert found[0] != found[1] and "Person 3" in found and obama & set(found)
-    assert len(db.execute("SELECT id FROM face_embeddings").fetchall()) == 23   # nothing was stored
+    assert len(db.execute("SELECT id FROM face_embeddings").fetchall()) == 24   # nothing was stored
 
 
 def test_search_by_photo_refuses_what_is_not_a_photo(db):

@@ -21,7 +21,7 @@ from PIL import Image, ImageFilter
 
 from media_fixtures import faces_dir, png_bomb, write_video
 from media_processor import ENGINES, DetectedFace, FaceProcessor, MediaError, main
-from face_engines import box_iou
+from face_engines import DlibEngine, box_iou
 
 ROOT = Path(__file__).resolve().parents[1]
 SINGLE_FACE = ["barack_obama_01.jpg", "barack_obama_02.jpg", "barack_obama_03.jpg",
@@ -199,6 +199,37 @@ def test_blurred_and_smaller_copies_score_lower(dlib_processor, portrait, portra
 def test_min_quality_drops_faces(faces_dir_session):
     strict = FaceProcessor("dlib", min_quality=0.99)
     assert strict.detect(faces_dir_session / "barack_obama_05_small_face.jpg") == []
+
+
+def test_min_quality_keeps_exactly_the_faces_above_it(analysed_faces, faces_dir_session):
+    """Faces are turned down before they are embedded, with the verdict the final quality gives."""
+    strict = FaceProcessor("dlib", min_quality=0.7)
+    expected = [f for f in analysed_faces[SITUATION_ROOM] if f.quality >= 0.7]
+    assert 0 < len(expected) < len(analysed_faces[SITUATION_ROOM])
+    got = strict.detect(faces_dir_session / SITUATION_ROOM)
+    assert [f.bbox for f in got] == [f.bbox for f in expected]
+    assert all(np.array_equal(a.embedding, b.embedding) and a.quality == b.quality
+               for a, b in zip(got, expected))
+
+
+def test_turned_down_candidates_are_never_embedded(faces_dir_session):
+    engine = DlibEngine()
+    engine.load()
+    dlib, hog, cnn, predictor, recogniser = engine._models
+    embedded = []
+
+    class CountingRecogniser:
+        def compute_face_descriptor(self, *args):
+            embedded.append(args[1])
+            return recogniser.compute_face_descriptor(*args)
+
+    engine._models = (dlib, hog, cnn, predictor, CountingRecogniser())
+    rgb = np.asarray(Image.open(faces_dir_session / SITUATION_ROOM).convert("RGB"))
+    seen = []
+    faces = engine.detect(rgb, keep=lambda c: seen.append(c) or c.det_score > 0.85)
+    assert len(seen) >= 10  # every candidate, certain or not, is offered before anything else
+    assert faces and all(f.det_score > 0.85 for f in faces)
+    assert len(embedded) == len(faces) < len(seen)
 
 
 # --- inputs -----------------------------------------------------------------------------------
