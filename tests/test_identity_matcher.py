@@ -140,30 +140,69 @@ def pairwise(truth: list[str], predicted: list[object]) -> tuple[float, float]:
 
 # --- the whole set ------------------------------------------------------------------------------
 
-# Measured (dlib, default thresholds, both orders): precision 1.0, recall 25/31 = 0.806. The
-# pairs missed are all those of the 36 px Obama face (barack_obama_05_small_face), whose best
-# similarity to any other Obama face is 0.887, below the join threshold (0.92; 0.94 for a
-# low-quality face): it waits in the pending pool rather than risk a wrong merge.
+# Issue 4's goals for the persons made from these photos: pairwise precision >= 0.99 (persons
+# are pure) and recall >= 0.85, over every detected face (a face left pending or in review is a
+# person of its own; a duplicate counts as the person it duplicates).
+PRECISION_GOAL = 0.99
+RECALL_GOAL = 0.85
+# Measured (dlib, default thresholds, both orders): precision 1.000, recall 25/31 = 0.806. The
+# 6 pairs missed are all those of the 37 px Obama face (barack_obama_05_small_face, quality
+# 0.60, so low-quality: it may join at 0.94 but never seed). Its best similarity to another
+# Obama face is 0.887 (0.898 to the centroid of his 6 other faces), while pairs of *different*
+# people in different photos of this very set reach 0.903 (an unnamed Situation Room face and
+# joe_biden_03) and 0.898 (barack_obama_04 and another unnamed one): a threshold low enough for
+# that face would let such pairs join, so with dlib the recall goal is out of reach here at
+# precision >= 0.99; it waits in the pending pool instead (see test_recall_goal_over_all_faces).
+# Over the faces of at least 60 px (the size DESIGN.md's detection target is about) recall is
+# 25/25 = 1.000.
 RECALL_FLOOR = 0.80
+MIN_FACE_PX = 60
 
 
-@pytest.mark.parametrize("order", ["sorted", "reversed"])
-async def test_labelled_identities_come_out_pure_and_complete(pool, analysed_faces, labelled, order):
+def face_px(face) -> float:
+    x1, y1, x2, y2 = face.bbox
+    return min(x2 - x1, y2 - y1)
+
+
+async def match_whole_set(pool, analysed_faces, labelled, order: str):
+    """Every photo through the matcher, one media item each, in name order or reversed: the
+    true identity, the face, and the final person of every detected face."""
     matcher = dlib_matcher()
     names = sorted(analysed_faces, reverse=order == "reversed")
-    truth, outcomes = [], []
+    truth, faces, outcomes = [], [], []
     for name in names:
         if not analysed_faces[name]:
             continue
         _, result = await match(pool, matcher, analysed_faces[name])
         for outcome in result.faces:
             truth.append(labelled[name][outcome.index])
+            faces.append(analysed_faces[name][outcome.index])
             outcomes.append(outcome)
-    predicted = await final_persons(pool, outcomes)
+    return truth, faces, await final_persons(pool, outcomes)
+
+
+def test_pairwise_counts_every_pair():
+    # 3 faces of a, 2 of b, 1 of c; predicted: a's split 2 + 1 (the third alone), b's merged
+    # with c's face. True pairs: 3 (a) + 1 (b) = 4; found: 1 (a) + 1 (b); wrong: 2 (b-c).
+    truth = ["a", "a", "a", "b", "b", "c"]
+    predicted = [1, 1, None, 2, 2, 2]
+    assert pairwise(truth, predicted) == (2 / 4, 2 / 4)
+    assert pairwise(truth, [None] * 6) == (1.0, 0.0)
+    assert pairwise(truth, [7] * 6) == (4 / 15, 1.0)
+
+
+@pytest.mark.parametrize("order", ["sorted", "reversed"])
+async def test_labelled_identities_come_out_pure_and_complete(pool, analysed_faces, labelled, order):
+    truth, faces, predicted = await match_whole_set(pool, analysed_faces, labelled, order)
+    assert len(truth) == 24  # every face dlib finds: 12 of the Situation Room's 13, 2 + 10 single faces
     precision, recall = pairwise(truth, predicted)
-    print(f"order {order}: pairwise precision {precision:.3f}, recall {recall:.3f}")
-    assert precision == 1.0
+    big = [i for i, face in enumerate(faces) if face_px(face) >= MIN_FACE_PX]
+    precision_big, recall_big = pairwise([truth[i] for i in big], [predicted[i] for i in big])
+    print(f"order {order}: pairwise precision {precision:.3f}, recall {recall:.3f}; faces of "
+          f">= {MIN_FACE_PX} px: precision {precision_big:.3f}, recall {recall_big:.3f}")
+    assert precision >= PRECISION_GOAL and precision == 1.0
     assert recall >= RECALL_FLOOR
+    assert recall_big >= RECALL_GOAL
     # Exactly two persons: Obama and Biden. Harris, Collins, Clinton and the unnamed people
     # were each seen once and make none.
     by_identity = {}
@@ -179,6 +218,19 @@ async def test_labelled_identities_come_out_pure_and_complete(pool, analysed_fac
     assert len(rows) == len({(t, m) for t, m, _ in rows})
     # Obama and Biden are at most 0.876 alike with dlib: not offered as a merge.
     assert await fetch(pool, "SELECT * FROM merge_suggestions") == []
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "dlib: the 37 px Obama face is at most 0.887 like his other faces while different people "
+    "in different photos of the set reach 0.903, so recall over all faces is 25/31 = 0.806 "
+    "< 0.85 (see RECALL_FLOOR)"))
+async def test_recall_goal_over_all_faces(pool, analysed_faces, labelled):
+    """Issue 4's recall goal over every face, small ones included. Expected to fail with dlib
+    (strict: once it passes, e.g. with a better engine, the xfail must go)."""
+    truth, _, predicted = await match_whole_set(pool, analysed_faces, labelled, "sorted")
+    precision, recall = pairwise(truth, predicted)
+    assert precision >= PRECISION_GOAL
+    assert recall >= RECALL_GOAL
 
 
 # --- seeding ------------------------------------------------------------------------------------
