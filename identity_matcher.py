@@ -26,7 +26,7 @@ research/face_anchors.md §3, §4, §10):
 - **Concurrency.** Creating a person, and any change to pending faces of other media items, happens
   under one `pg_advisory_xact_lock`, taken before writing and followed by a fresh search: two
   workers holding the same stranger's third and fourth faces make one person, not two. Joining
-  an existing person needs no lock.
+  an existing person takes only that person's row lock (in id order), until the commit.
 - **Pending faces catch up.** When a person is born or grows, pending faces near its new faces
   are decided again (the same vote), so the arrival order of photos matters little.
 - **Near-duplicates** (similarity >= `duplicate_similarity` to a face of the chosen person, or to
@@ -428,7 +428,7 @@ class IdentityMatcher:
 
     async def _claim_person(self, conn, person_id: int) -> int | None:
         """The person faces for `person_id` go to now (a merge survivor, or None if it was
-        dissolved), locked FOR SHARE until the transaction ends."""
+        dissolved), locked (FOR NO KEY UPDATE) until the transaction ends."""
         for _ in range(5):
             row = await (await conn.execute(queries.persons_claim,
                                             {"person_id": person_id})).fetchone()

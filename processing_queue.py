@@ -56,6 +56,13 @@ logger = logging.getLogger(__name__)
 # The database went away (restart, network): wait and try again, never crash or fail jobs for it.
 DB_UNAVAILABLE: tuple[type[BaseException], ...] = (psycopg.OperationalError, psycopg.InterfaceError)
 
+# PostgreSQL rolled a transaction back to break a deadlock or a serialization conflict with
+# another worker's (SQLSTATE class 40). OperationalErrors to psycopg, but not outages: the
+# database is there and the same transaction, run again, normally succeeds at once.
+CONFLICT: tuple[type[BaseException], ...] = (
+    psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure, psycopg.errors.TransactionRollback)
+STORE_ATTEMPTS = 5
+
 FINAL_STATUSES = frozenset({"done", "failed", "skipped"})
 
 
@@ -518,6 +525,8 @@ class WorkerPool:
         except LeaseLost:
             logger.warning("%s was taken over by another process (its lease ran out: was the "
                            "database unreachable?); leaving it to that process", job)
+        except CONFLICT as exc:  # conflicted STORE_ATTEMPTS times in a row: an ordinary retry
+            await asyncio.shield(self._settle_failure(stage, job, exc, time.monotonic() - started))
         except DB_UNAVAILABLE as exc:
             logger.warning("%s: the database is unavailable (%s); the job comes back when its "
                            "lease runs out", job, _first_line(exc))
@@ -571,6 +580,20 @@ class WorkerPool:
         return "sent back to be downloaded again (its file was missing)"
 
     async def _store(self, job: Job, faces: list[Any]) -> str:
+        """`_store_once`, run again at once if PostgreSQL broke a deadlock with another worker by
+        rolling it back (nothing of it was written), rather than waiting out the job's lease."""
+        for attempt in range(1, STORE_ATTEMPTS + 1):
+            try:
+                return await self._store_once(job, faces)
+            except CONFLICT as exc:
+                if attempt == STORE_ATTEMPTS:
+                    raise
+                logger.info("%s: storing conflicted with another worker (%s); again, attempt %d",
+                            job, _first_line(exc), attempt + 1)
+                await asyncio.sleep(random.uniform(0.01, 0.1) * attempt)
+        raise AssertionError("unreachable")
+
+    async def _store_once(self, job: Job, faces: list[Any]) -> str:
         """The job's faces, persons, outbox rows and status, in one transaction."""
         async with self.queue.pool.connection() as conn, conn.transaction():
             if not await _one(conn, queries.queue_lock_own_job, {"job_id": job.id, "owner": self.queue.owner}):

@@ -181,9 +181,11 @@ WHERE r.rank <= %(per_person)s
 ORDER BY r.topic_id, r.rank;
 
 -- name: persons_claim
--- Locks person %(person_id)s against a concurrent merge or hide (FOR SHARE) before a face joins
--- it; returns where its faces go now (the survivor, if it was merged meanwhile).
-SELECT COALESCE(merged_into, id) FROM telegram_topics WHERE id = %(person_id)s FOR SHARE;
+-- Locks person %(person_id)s against a concurrent merge or hide before a face joins it; returns
+-- where its faces go now (the survivor, if it was merged meanwhile). NO KEY UPDATE, not SHARE:
+-- the transaction updates this row later (persons_refresh), and two workers holding share locks
+-- on one person would deadlock there. Inserting faces (a foreign key check) is not blocked.
+SELECT COALESCE(merged_into, id) FROM telegram_topics WHERE id = %(person_id)s FOR NO KEY UPDATE;
 
 -- ---------------------------------------------------------------------------------------------
 -- Operator corrections (persons.py)

@@ -395,6 +395,24 @@ async def test_two_workers_with_the_same_new_person_make_one(pool, obama):
     assert await due(pool) == {(person, m) for m in [*seen, media_c, media_d]}
 
 
+async def test_two_workers_adding_to_one_person_at_once_both_succeed(pool, obama):
+    """Two photos of a known person, matched at the same moment on two connections: each
+    transaction locks the person and then updates its counts. (Share locks taken by both and
+    then upgraded would deadlock, and PostgreSQL would roll one of them back.)"""
+    matcher = dlib_matcher()
+    person = await make_person(pool, matcher, [obama[n] for n in ("01", "02", "03")])
+    media = [await new_media(pool) for _ in range(4)]
+
+    async def worker(face, media_item):
+        async with pool.connection() as conn, conn.transaction():
+            return await matcher.assign(conn, media_item, [face])
+
+    results = await asyncio.gather(*(worker(obama[n], m) for n, m in zip(("04", "comp", "room", "04"), media)))
+    assert [r.faces[0].person_id for r in results] == [person] * 4
+    [count] = await fetch(pool, "SELECT embedding_count FROM telegram_topics WHERE id = %s", (person,))
+    assert count[0] == len((await persons(pool))[person])
+
+
 # --- duplicates, review --------------------------------------------------------------------------
 
 

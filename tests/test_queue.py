@@ -270,6 +270,53 @@ async def test_a_lost_connection_is_retried_without_counting_attempts(pool, dlib
     assert row["status"] == "done" and row["attempts"] == 0
 
 
+class DeadlockOnce:
+    """The real matcher, whose first call first meets a real deadlock: another transaction holds
+    a lock this one then asks for, while it waits for the job row this one has locked.
+    PostgreSQL breaks the cycle by rolling this one back (its deadlock_timeout is the shorter)."""
+
+    def __init__(self, matcher, conninfo: str):
+        self.matcher, self.conninfo, self.calls = matcher, conninfo, 0
+
+    async def assign(self, conn, media_item_id, faces, *, job_id=None):
+        self.calls += 1
+        if self.calls == 1:
+            rival = await psycopg.AsyncConnection.connect(self.conninfo)
+            try:
+                await rival.execute("SET deadlock_timeout = '10s'")
+                await rival.execute("BEGIN")
+                await rival.execute("SELECT pg_advisory_xact_lock(4242)")
+                waiting = asyncio.create_task(rival.execute(
+                    "SELECT 1 FROM media_jobs WHERE id = %s FOR UPDATE", (job_id,)))
+                async with asyncio.timeout(5):
+                    while not (await (await conn.execute(
+                            "SELECT count(*) FROM pg_locks WHERE pid = %s AND NOT granted",
+                            (rival.info.backend_pid,))).fetchone())[0]:
+                        await asyncio.sleep(0.02)
+                await conn.execute("SET LOCAL deadlock_timeout = '50ms'")
+                try:
+                    await conn.execute("SELECT pg_advisory_xact_lock(4242)")
+                finally:
+                    await waiting
+                    await rival.execute("ROLLBACK")
+            finally:
+                await rival.close()
+        return await self.matcher.assign(conn, media_item_id, faces, job_id=job_id)
+
+
+async def test_a_deadlock_with_another_worker_is_stored_again_at_once(pool, dlib_db, matcher):
+    job_id = add_job(dlib_db, 1)
+    contended = DeadlockOnce(matcher, dlib_db)
+    workers = make_pool(pool, lease=30.0, analyser=Analyser(), matcher=contended)
+    started = asyncio.get_running_loop().time()
+    await run_until(workers, dlib_db, [job_id])
+    assert contended.calls == 2                       # rolled back once, then stored
+    assert asyncio.get_running_loop().time() - started < 10   # not after the 30 s lease
+    row = job_row(dlib_db, job_id)
+    assert row["status"] == "done" and row["attempts"] == 0 and row["claims"] == 1
+    assert errors(dlib_db) == []
+
+
 async def test_a_missing_staged_file_is_downloaded_again_and_a_missing_export_file_fails(
         pool, dlib_db, matcher, faces_dir, tmp_path):
     account = add_account(dlib_db, "+1")
