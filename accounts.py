@@ -276,12 +276,20 @@ class AccountRegistry:
         client, account = held.client, held.account
         await asyncio.wait_for(client.connect(), self.connect_timeout)
         protect_session(account.session_path)
+        # get_me, not is_user_authorized: the latter answers False for *any* RPC error (a flood
+        # wait, a server hiccup), which would mark a logged-in account as logged out for good.
         try:
-            authorized = await client.is_user_authorized()
-            me = await client.get_me() if authorized else None
+            me = await client.get_me()   # None when the session is not logged in
         except (errors.UnauthorizedError, errors.AuthKeyError) as exc:
-            authorized, me = False, exc
-        if not authorized or me is None or isinstance(me, Exception):
+            me = exc
+        except errors.RPCError as exc:
+            # Not a logout: treated like an outage, so start() and run() try again later (after
+            # the flood wait, if it is one: asking again during it would only make it longer).
+            await _disconnect(client)
+            if isinstance(exc, errors.FloodWaitError):
+                await record_flood_wait(self.pool, account.id, exc.seconds, "checking the login")
+            raise ConnectionError(f"Telegram did not say who the account is ({type(exc).__name__}: {exc})") from exc
+        if me is None or isinstance(me, Exception):
             self._held.pop(account.id, None)
             await _disconnect(client)
             held.lock.release()
@@ -350,16 +358,18 @@ class AccountRegistry:
 
     async def run(self, stop_event: asyncio.Event | None = None) -> None:
         """Reconnect clients that lost their connection, until stopped."""
+        from telethon import errors
+
         while not stopped(self._stopping, stop_event):
             for held in list(self._held.values()):
-                if held.client.is_connected():
+                if held.client.is_connected() or await flood_wait_left(self.pool, held.account.id) > 0:
                     continue
                 try:
                     if held.user_id is None:  # never connected since start: check the login too
                         await self._connect(held)
                     else:
                         await asyncio.wait_for(held.client.connect(), self.connect_timeout)
-                except (OSError, asyncio.TimeoutError) as exc:
+                except (OSError, asyncio.TimeoutError, errors.RPCError) as exc:
                     logger.warning("account %s is offline (%s); trying again in %.0f s",
                                    held.account.id, exc, self.check_interval)
                     continue

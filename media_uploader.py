@@ -312,9 +312,7 @@ class MediaUploader:
             topic_id = await self.topics.ensure_topic(row["person_id"])
             try:
                 return await self._try_plans(row, item, plans, topic_id)
-            except errors.RPCError as exc:
-                if not is_topic_gone(exc):
-                    raise
+            except _TopicGone:
                 await self.topics.topic_gone(row["person_id"], topic_id)
         raise RuntimeError(f"the topic of person {row['person_id']} keeps disappearing")
 
@@ -372,9 +370,16 @@ class MediaUploader:
         raise _Unpostable("failed", "no way to post it: " + "; ".join(problems))
 
     async def _send(self, media: Any, caption: str, topic_id: int, random_id: int) -> int:
-        result = await self.topics.send(functions.messages.SendMediaRequest(
-            peer=await self.topics.hub_peer(), media=media, message=caption,
-            reply_to=types.InputReplyToMessage(reply_to_msg_id=topic_id), random_id=random_id))
+        try:
+            result = await self.topics.send(functions.messages.SendMediaRequest(
+                peer=await self.topics.hub_peer(), media=media, message=caption,
+                reply_to=types.InputReplyToMessage(reply_to_msg_id=topic_id), random_id=random_id))
+        except errors.RPCError as exc:
+            # Only the post's own answer says whether the topic is gone: the same error names
+            # (MESSAGE_ID_INVALID, …) from fetching or downloading the source mean something else.
+            if is_topic_gone(exc):
+                raise _TopicGone(f"topic {topic_id}: {type(exc).__name__}") from exc
+            raise
         message_id = message_id_from_updates(result, random_id)
         if message_id is None:
             raise RuntimeError("Telegram accepted the post but its message id is not in the answer")
@@ -403,6 +408,8 @@ class MediaUploader:
             raise _Skip(str(exc)) from exc
         except (errors.ChannelPrivateError, errors.ChatForbiddenError, errors.ChannelInvalidError, ValueError) as exc:
             raise _Skip(f"cannot read the chat ({type(exc).__name__})") from exc
+        except errors.MessageIdInvalidError as exc:
+            raise _Skip(f"the source message is gone ({type(exc).__name__})") from exc
 
     async def _by_upload(self, row: dict[str, Any], item: dict[str, Any], source: dict[str, Any], caption: str,
                          topic_id: int, *, download: bool) -> int:
@@ -459,6 +466,10 @@ class _Unpostable(Exception):
     def __init__(self, status: str, why: str):
         self.status = status
         super().__init__(why)
+
+
+class _TopicGone(Exception):
+    """Telegram refused the post because its topic is gone: recreate it and post again."""
 
 
 class _Later(Exception):

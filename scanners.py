@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+import psycopg
 from psycopg.rows import dict_row
 from telethon import errors, events, types, utils
 
@@ -305,6 +306,18 @@ class MessageScanner:
             await self._defer(chat, CHAT_ERROR_DEFER, f"{type(exc).__name__}: {exc}")
             logger.warning("chat %s (account %s): %s; trying again in %.0f min", chat_id, account_id,
                            exc, CHAT_ERROR_DEFER / 60)
+            result.stopped_because = type(exc).__name__
+            return result
+        except psycopg.Error:
+            raise   # the database's problems are the supervisor's (it restarts the component)
+        except Exception as exc:
+            # Anything else Telethon raises (TypeError, an unknown error class): this chat waits,
+            # the other chats and the daemon go on.
+            logger.exception("chat %s (account %s): unexpected error while reading it; trying again in %.0f min",
+                             chat_id, account_id, CHAT_ERROR_DEFER / 60)
+            result.reached_newest = False
+            await self._commit(chat, batch, iterator, result)
+            await self._defer(chat, CHAT_ERROR_DEFER, f"{type(exc).__name__}: {exc}")
             result.stopped_because = type(exc).__name__
             return result
         if result.stopped_because is not None or not await self._commit(chat, batch, iterator, result):

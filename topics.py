@@ -196,7 +196,14 @@ class TopicManager:
                     logger.info("person %s: created topic %s «%s»", person_id, topic_id, person["topic_title"])
             if person["cover_message_id"] is None and person["cover_face_id"] is not None:
                 if created or not await self._has_posts(person_id):
-                    await self._post_cover(person, topic_id)
+                    try:
+                        await self._post_cover(person, topic_id)
+                    except errors.RPCError as exc:
+                        if is_topic_gone(exc):
+                            # Deleted before its cover was posted: forget it, so that the retry in
+                            # ensure_topic creates a new one instead of failing on this one again.
+                            await self.topic_gone(person_id, topic_id)
+                        raise
             return topic_id
 
     async def _create(self, person: dict[str, Any], title: str) -> int:

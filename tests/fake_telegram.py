@@ -32,7 +32,8 @@ missed update; `post(..., deliver=False)` drops it on purpose).
 Faults (`world.fail(...)`) are consumed in order: method is a client method name
 ("iter_messages", "download_media", "get_messages", "connect", …) or a request class name
 ("SendMediaRequest", "CreateForumTopicRequest", …); error is a Telethon error class name,
-"ConnectionError", "delay" (sleep `seconds`, then go on), "hang" (never answer) or
+"ConnectionError", "TimeoutError", "ValueError"/"TypeError"/"RuntimeError", "delay" (sleep
+`seconds`, then go on), "hang" (never answer) or
 "expire_reference" (the media's file reference expires just before the call).
 """
 
@@ -74,11 +75,14 @@ def _error(name: str, seconds: float | None = None, request: Any = None) -> Base
         return ConnectionError("fake Telegram: connection lost")
     if name == "TimeoutError":
         return asyncio.TimeoutError()
+    if name in ("ValueError", "TypeError", "RuntimeError"):   # what Telethon itself raises at times
+        return {"ValueError": ValueError, "TypeError": TypeError, "RuntimeError": RuntimeError}[name](
+            "fake Telegram: client-side error")
     cls = getattr(errors, name)
     if "capture" in inspect.signature(cls.__init__).parameters:
         return cls(request=request, capture=int(seconds or 0))
-    if name in ("RPCError", "BadRequestError"):
-        return cls(request, "FAKE_ERROR")
+    if cls.__module__.endswith("rpcbaseerrors"):   # ServerError, TimedOutError, …: no fixed message
+        return cls(request, f"FAKE_{name.upper()}")
     return cls(request=request)
 
 
@@ -386,6 +390,11 @@ def client_factory(path: str | Path, *, clock=None, poll_interval: float = 0.05)
     """A client factory for `accounts.AccountRegistry` (and init_account.py): fake clients on the
     world in `path`, one per account phone number."""
     def factory(account: Any, settings: Any) -> FakeTelegramClient:
+        session = getattr(account, "session_path", None)
+        if session is not None and not Path(session).exists():
+            # Telethon's SQLiteSession creates the file as the client is made, with the umask's mode.
+            Path(session).parent.mkdir(parents=True, exist_ok=True)
+            os.close(os.open(session, os.O_WRONLY | os.O_CREAT, 0o644))
         return FakeTelegramClient(FakeWorld(path, clock=clock), account.phone,
                                   flood_sleep_threshold=getattr(settings, "flood_sleep_threshold", 60),
                                   poll_interval=poll_interval)
@@ -443,6 +452,7 @@ class FakeTelegramClient:
 
     async def get_me(self, input_peer: bool = False):
         self._online()
+        await self._fault("get_me")
         account = self._account()
         if not account["authorized"]:
             return None

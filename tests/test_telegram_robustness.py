@@ -1,0 +1,340 @@
+"""Every Telegram error a component can meet is recorded and the component carries on: the
+history sweeps, the connections, the uploader, the topic manager, the downloads and the
+requests from the dashboard, each against the fake Telegram (tests/fake_telegram.py) raising
+Telethon's real errors."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from fake_telegram import Harness, eventually, run_components
+from test_telegram_scan import _has_job, _mode, checkpoint, history, job_ids
+from test_uploader import rows
+from test_uploader import analysed, due, make_person, outbox, world_with_chat
+
+FACES = Path(__file__).resolve().parents[2] / "shared" / "faces"
+A, B = "+15550001", "+15550002"
+
+
+@pytest.fixture
+async def h(tmp_path, pool):
+    harness = Harness(tmp_path, pool)
+    yield harness
+    await harness.close()
+
+
+# --- history sweeps ---------------------------------------------------------------------------
+
+# (error raised by iter_messages, after how many messages; None: at once)
+SWEEP_ERRORS = [
+    ("ChannelPrivateError", None),      # the account was removed from the chat
+    ("ChatForbiddenError", 3),
+    ("ServerError", 5),                 # Telegram's 500
+    ("TimedOutError", None),            # Telegram's 503 "Timeout"
+    ("RPCError", 7),                    # an error Telethon has no class for
+    ("MessageIdInvalidError", None),
+    ("TypeError", 4),                   # Telethon itself failing on something
+    ("ConnectionError", 6),
+    ("TimeoutError", None),
+]
+
+
+async def test_the_sweeps_record_every_telegram_error_and_go_on(h, pool):
+    a = await h.add_account(A)
+    chats = {}
+    for error, after in SWEEP_ERRORS:
+        chat = h.world.add_chat(f"chat {error}", members=[A])
+        chats[error] = (chat, history(h.world, chat, 20))
+        await h.watch(a, chat)
+        h.world.fail("iter_messages", error, chat=chat, after=after)
+    calm = h.world.add_chat("calm", members=[A])
+    calm_media = history(h.world, calm, 20)
+    await h.watch(a, calm)
+    service = await h.service(sweep_interval=3600)
+    task, stop = await run_components(service)
+    try:
+        await eventually(lambda: _mode(pool, calm, "realtime"), what="the calm chat's backfill")
+        for error in ("ConnectionError", "TimeoutError"):        # an outage: read again at once
+            await eventually(lambda c=chats[error][0]: _mode(pool, c, "realtime"), what=f"the chat after {error}")
+        for error, after in SWEEP_ERRORS:
+            chat, _ = chats[error]
+            if error in ("ConnectionError", "TimeoutError"):
+                continue
+            cp = await eventually(lambda c=chat: _errored(pool, c), what=f"{error} recorded")
+            assert cp["deferred_until"] is not None and cp["scan_mode"] == "backfill"
+            assert cp["last_processed_message_id"] == (after or 0)     # what was read before is kept
+            if error not in ("RPCError", "TypeError", "ServerError", "TimedOutError"):
+                assert error in cp["last_error"] or "cannot read" in cp["last_error"], cp["last_error"]
+        assert not task.done()                                         # the daemon runs on
+        live = h.world.post(calm, h.world.photo(FACES / "kamala_harris_01.jpg"))
+        await eventually(lambda: _has_job(pool, calm, live), what="a live message after all that")
+
+        # The deferral ends (the operator fixed it, or time passed): every chat completes.
+        await rows(pool, "UPDATE scan_checkpoints SET deferred_until = now() WHERE deferred_until IS NOT NULL")
+        service.scanner.request_sweep()
+        for error, (chat, media) in chats.items():
+            await eventually(lambda c=chat: _mode(pool, c, "realtime"), what=f"the chat after {error}")
+            assert await job_ids(pool, chat) == media, error
+        assert await job_ids(pool, calm) == calm_media + [live]
+        assert not task.done()
+    finally:
+        await stop()
+
+
+async def _errored(pool, chat_id):
+    cp = await checkpoint(pool, chat_id)
+    return cp if cp["last_error"] else None
+
+
+async def test_a_flood_wait_on_one_chat_defers_it_without_losing_the_others(h, pool):
+    """A premium flood wait (not a FloodWaitError subclass) is recorded like any other error."""
+    h.with_settings(flood_sleep_threshold=1)
+    a = await h.add_account(A)
+    slow = h.world.add_chat("slow", members=[A])
+    other = h.world.add_chat("other", members=[A])
+    history(h.world, slow, 10)
+    media = history(h.world, other, 10)
+    await h.watch(a, slow)
+    await h.watch(a, other)
+    h.world.fail("iter_messages", "FloodPremiumWaitError", seconds=30, chat=slow)
+    service = await h.service()
+    await service.scanner.sweep_due(a)
+    assert "FloodPremiumWaitError" in (await checkpoint(pool, slow))["last_error"]
+    assert await job_ids(pool, other) == media
+
+
+# --- connections --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("error", ["ServerError", "FloodWaitError", "TimedOutError"])
+async def test_an_error_while_connecting_is_an_outage_not_a_logout(h, pool, error):
+    """get_me failing at start (a flood wait, a server hiccup) keeps the account, and the
+    connection loop logs it in again; it is never marked logged out."""
+    a = await h.add_account(A)
+    chat = h.world.add_chat("Family photos", members=[A])
+    media = history(h.world, chat, 10)
+    await h.watch(a, chat)
+    h.world.fail("get_me", error, seconds=2)
+    service = await h.service()                          # does not raise
+    [account] = await rows(pool, "SELECT status, telegram_user_id FROM telegram_accounts WHERE id = %s", a)
+    assert account["status"] == "active" and account["telegram_user_id"] is None
+    task, stop = await run_components(service)
+    try:
+        await eventually(lambda: _mode(pool, chat, "realtime"), what="the sweep once connected")
+        [account] = await rows(pool, "SELECT status, telegram_user_id FROM telegram_accounts WHERE id = %s", a)
+        assert account["status"] == "active" and account["telegram_user_id"] is not None
+        assert await job_ids(pool, chat) == media and not task.done()
+        if error == "FloodWaitError":   # waited out, not asked again during the wait
+            assert len(h.world.calls("get_me")) == 2
+    finally:
+        await stop()
+
+
+async def test_an_error_while_reconnecting_is_retried(h, pool):
+    a = await h.add_account(A)
+    chat = h.world.add_chat("Family photos", members=[A])
+    history(h.world, chat, 4)
+    await h.watch(a, chat)
+    service = await h.service(sweep_interval=3600)
+    task, stop = await run_components(service)
+    try:
+        await eventually(lambda: _mode(pool, chat, "realtime"), what="the backfill")
+        h.world.set_online(A, False)
+        await eventually(lambda: not service.registry.is_connected(a), what="the disconnect")
+        h.world.fail("connect", "ServerError", times=2)
+        h.world.fail("connect", "ConnectionError", times=2)
+        missed = h.world.post(chat, h.world.photo(FACES / "eileen_collins_01.jpg"))
+        h.world.set_online(A, True)
+        await eventually(lambda: _has_job(pool, chat, missed), timeout=10, what="the sweep after reconnecting")
+        assert not task.done()
+    finally:
+        await stop()
+
+
+# --- the uploader and the topics -------------------------------------------------------------
+
+POST_ERRORS = ["ChatWriteForbiddenError", "ChatAdminRequiredError", "ServerError", "TimedOutError",
+               "RPCError", "ConnectionError", "TimeoutError", "FloodPremiumWaitError", "TypeError"]
+
+
+async def drain(service, pool, *, rounds: int = 40) -> None:
+    """Post until the outbox is settled, letting time pass (run_after) between rounds."""
+    for _ in range(rounds):
+        await service.uploader.post_due(limit=50)
+        left = await rows(pool, "SELECT id FROM uploaded_media WHERE status IN ('pending', 'sending')")
+        if not left:
+            return
+        await rows(pool, "UPDATE uploaded_media SET run_after = now() WHERE status = 'pending'")
+    raise AssertionError("the outbox never settled")
+
+
+@pytest.mark.parametrize("method", ["SendMediaRequest", "CreateForumTopicRequest", "get_messages", "upload_file"])
+async def test_the_uploader_records_every_telegram_error_and_posts_once_afterwards(h, pool, method):
+    photos = ("barack_obama_01.jpg", "barack_obama_02.jpg", "barack_obama_03.jpg")
+    service, chat, messages = await world_with_chat(h, photos=photos)
+    person = await make_person(pool, "Barack Obama")
+    for message in messages:
+        await due(pool, person, await analysed(pool, chat, message))
+    for error in POST_ERRORS:
+        h.world.fail(method, error, seconds=1)
+    seen = set()
+    for _ in range(len(POST_ERRORS) + 5):       # each round meets the next error and must survive it
+        await service.uploader.post_due(limit=50)
+        seen |= {r["last_error"] for r in await outbox(pool) if r["last_error"]}
+        await rows(pool, "UPDATE uploaded_media SET run_after = now() WHERE status = 'pending'")
+        await rows(pool, "UPDATE telegram_accounts SET flood_wait_until = NULL")
+    await drain(service, pool)
+    rows_ = await outbox(pool)
+    assert {r["status"] for r in rows_} == {"posted"}, [(r["status"], r["last_error"]) for r in rows_]
+    [topic] = h.world.live_topics(h.hub)
+    posts = h.world.posts(h.hub, topic)
+    assert len(posts) == 1 + len(messages)                                 # cover + each photo once
+    assert len(h.world.topics(h.hub)) == 1                                 # never a second topic
+    assert sorted(p["id"] for p in posts[1:]) == sorted(r["uploaded_message_id"] for r in rows_)
+    assert any("ServerError" in e or "FAKE_SERVERERROR" in e for e in seen), seen   # recorded on the rows
+
+
+async def test_the_uploader_keeps_running_through_errors(h, pool):
+    service, chat, messages = await world_with_chat(h, photos=("barack_obama_01.jpg", "barack_obama_02.jpg"))
+    person = await make_person(pool, "Barack Obama")
+    for message in messages:
+        await due(pool, person, await analysed(pool, chat, message))
+    for error in ("ServerError", "ChatWriteForbiddenError", "ConnectionError", "TypeError"):
+        h.world.fail("SendMediaRequest", error)
+    task = asyncio.create_task(service.uploader.run())
+    try:
+        for _ in range(200):
+            await asyncio.sleep(0.05)
+            assert not task.done(), task.exception() if task.done() else None
+            await rows(pool, "UPDATE uploaded_media SET run_after = now() WHERE status = 'pending'")
+            if {r["status"] for r in await outbox(pool)} == {"posted"}:
+                break
+        assert {r["status"] for r in await outbox(pool)} == {"posted"}
+        assert len(h.world.posts(h.hub)) == 3
+    finally:
+        service.uploader.stop()
+        await task
+
+
+async def test_message_id_invalid_from_the_source_does_not_make_a_new_topic(h, pool):
+    """MESSAGE_ID_INVALID while fetching the source message says nothing about the topic."""
+    service, chat, [message] = await world_with_chat(h)
+    person = await make_person(pool, "Barack Obama")
+    await due(pool, person, await analysed(pool, chat, message))
+    topic = await service.topics.ensure_topic(person)
+    h.world.fail("get_messages", "MessageIdInvalidError")
+    await drain(service, pool)
+    assert list(h.world.topics(h.hub)) == [topic]
+    assert [r["status"] for r in await outbox(pool)] == ["posted"]
+    assert len(h.world.posts(h.hub, topic)) == 2
+
+
+async def test_a_topic_deleted_before_its_cover_was_posted_is_recreated(h, pool):
+    service, chat, [message] = await world_with_chat(h)
+    person = await make_person(pool, "Barack Obama")
+    await due(pool, person, await analysed(pool, chat, message))
+    h.world.fail("SendMediaRequest", "FloodWaitError", seconds=30)    # the cover's send: a long wait
+    await service.uploader.post_due()
+    [old] = h.world.live_topics(h.hub)
+    assert h.world.posts(h.hub, old) == []                             # a topic without its cover
+    h.world.delete_topic(h.hub, old)                                   # someone deletes it meanwhile
+    await rows(pool, "UPDATE telegram_accounts SET flood_wait_until = NULL")
+    await drain(service, pool)
+    [new] = h.world.live_topics(h.hub)
+    assert new != old
+    cover, post = h.world.posts(h.hub, new)
+    assert cover["text"] == "Barack Obama" and post["via"] == "reference"
+    assert [r["status"] for r in await outbox(pool)] == ["posted"]
+
+
+@pytest.mark.parametrize("error", ["ServerError", "ChatAdminRequiredError", "ConnectionError", "TypeError"])
+async def test_a_dashboard_request_that_meets_an_error_is_retried_and_applied(h, pool, error):
+    from psycopg.types.json import Jsonb
+
+    service, chat, [message] = await world_with_chat(h)
+    person = await make_person(pool, "Barack Obama")
+    topic = await service.topics.ensure_topic(person)
+    await rows(pool, "INSERT INTO dashboard_actions (action, payload) VALUES ('rename_topic', %s)",
+               Jsonb({"person_id": person, "title": "Barack H. Obama"}))
+    h.world.fail("EditForumTopicRequest", error)
+    task = asyncio.create_task(service.actions.run())
+    try:
+        await eventually(lambda: _action_tried(pool), what="the first try")
+        assert not task.done()
+        service.actions._waiting_until.clear()            # time passes
+        service.actions.wake()
+        await eventually(lambda: _action_done(pool), what="the request applied")
+    finally:
+        service.actions.stop()
+        await task
+    assert h.world.topics(h.hub)[topic]["title"] == "Barack H. Obama"
+
+
+async def _action_tried(pool):
+    [row] = await rows(pool, "SELECT status, error FROM dashboard_actions")
+    return row["error"] is not None
+
+
+async def _action_done(pool):
+    [row] = await rows(pool, "SELECT status FROM dashboard_actions")
+    return row["status"] == "done"
+
+
+# --- downloads ----------------------------------------------------------------------------------
+
+
+class Job:
+    def __init__(self, row: dict):
+        self.id, self.account_id = row["id"], row["account_id"]
+        self.source_chat_id, self.source_message_id = row["source_chat_id"], row["source_message_id"]
+        self.media_key = row["media_key"]
+
+
+async def _job(pool, chat, message) -> Job:
+    [row] = await rows(pool, "SELECT * FROM media_jobs WHERE source_chat_id = %s AND source_message_id = %s",
+                       chat, message)
+    return Job(row)
+
+
+@pytest.mark.parametrize("error, expected", [
+    ("ConnectionError", ConnectionError), ("ServerError", "RPCError"), ("ChannelPrivateError", "RPCError"),
+    ("FloodWaitError", "FloodWaitError"), ("TimeoutError", TimeoutError),
+])
+async def test_a_failed_download_leaves_no_temporary_file_and_the_next_try_works(h, pool, error, expected):
+    from telethon import errors
+
+    a = await h.add_account(A)
+    chat = h.world.add_chat("Family photos", members=[A])
+    [message] = history(h.world, chat, 2)
+    await h.watch(a, chat)
+    service = await h.service()
+    await service.scanner.sweep_chat(a, chat)
+    job = await _job(pool, chat, message)
+    h.world.fail("download_media", error, seconds=30)
+    kind = getattr(errors, expected) if isinstance(expected, str) else expected
+    with pytest.raises(kind):
+        await service.downloader.download(job)
+    staging = Path(h.settings.staging_path)
+    assert not list(staging.glob("*"))                        # no temporary file left behind
+    path = await service.downloader.download(job)             # what the queue's retry does
+    assert path.read_bytes() == (FACES / "joe_biden_01.jpg").read_bytes()
+    assert [p.name for p in staging.glob("*")] == [path.name]
+
+
+async def test_an_expired_file_reference_is_refetched_for_a_download(h, pool):
+    a = await h.add_account(A)
+    chat = h.world.add_chat("Family photos", members=[A])
+    [message] = history(h.world, chat, 2)
+    await h.watch(a, chat)
+    service = await h.service()
+    await service.scanner.sweep_chat(a, chat)
+    job = await _job(pool, chat, message)
+    h.world.fail("download_media", "expire_reference", times=2)   # expires twice in a row
+    path = await service.downloader.download(job)
+    assert path.read_bytes() == (FACES / "joe_biden_01.jpg").read_bytes()
+    assert len(h.world.calls("get_messages")) == 3                 # fetched, then twice again
+    assert h.world.downloads() == 1
+    assert [p.name for p in Path(h.settings.staging_path).glob("*")] == [path.name]
