@@ -30,9 +30,9 @@ except config.ConfigError as exc:
     st.stop()
 
 logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-access.require_sign_in(settings)
-app.connect()
-
+# The pages are declared before the sign-in (hidden until then) so that an address such as
+# /person?person=12 (a bookmark, a shared link) still opens that page once signed in; none of
+# them runs before.
 page = st.navigation({
     "Monitor": [
         st.Page(app.OVERVIEW_PAGE, title="Overview", icon=":material/monitoring:", default=True),
@@ -45,7 +45,9 @@ page = st.navigation({
         st.Page(app.REVIEW_PAGE, title="Review", icon=":material/rule:"),
         st.Page(app.SEARCH_PAGE, title="Search by photo", icon=":material/image_search:"),
     ],
-})
+}, position="sidebar" if access.signed_in(settings) else "hidden")
+access.require_sign_in(settings)
+app.connect()
 if settings.dashboard_auth and st.sidebar.button("Sign out", icon=":material/logout:"):
     access.sign_out()
     st.rerun()

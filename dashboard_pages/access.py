@@ -45,6 +45,11 @@ def password_matches(given: str, expected: str) -> bool:
     return hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8"))
 
 
+def signed_in(settings: Settings) -> bool:
+    """Whether this session may see the archive (signed in, or the password is off)."""
+    return not settings.dashboard_auth or bool(st.session_state.get(_SIGNED_IN))
+
+
 def require_sign_in(settings: Settings) -> None:
     """Return only for a signed-in session (or when the password is off); otherwise show why
     or the sign-in form, and end the script run there."""
@@ -52,7 +57,7 @@ def require_sign_in(settings: Settings) -> None:
     if problem:
         st.error(problem)
         st.stop()
-    if not settings.dashboard_auth or st.session_state.get(_SIGNED_IN):
+    if signed_in(settings):
         return
     st.title("Face Archiver")
     with st.form("sign_in", clear_on_submit=True):

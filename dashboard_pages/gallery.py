@@ -41,7 +41,9 @@ for start in range(0, len(persons), PER_ROW):
                 st.image(person["cover"], width="stretch")
             st.page_link(app.PERSON_PAGE, label=app.person_name(person["label"], person["hidden"]),
                          query_params={"person": str(person["id"])})
-            st.caption(f"{app.plural(person['faces'], 'face')} · {person['media']} media · "
+            # Short lines: a tile is narrow, and a date broken over two lines is hard to read.
+            # First and last seen are the dates of the messages its faces are in.
+            st.caption(f"{app.plural(person['faces'], 'face')} · {person['media']} media  \n"
                        f"{person['posts']} posted  \n"
-                       f"first seen {app.day(person['first_seen'])}  \n"
-                       f"last seen {app.day(person['last_seen'])}")
+                       f"first {app.day(person['first_seen'])}  \n"
+                       f"last {app.day(person['last_seen'])}")

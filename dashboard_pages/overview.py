@@ -102,7 +102,7 @@ else:
         "Phone": app.masked_phone(a["phone_number"]),
         "State": account_state(a),
         "Chats": a["chats"],
-        "Last active": app.local(a["last_active"]),
+        "Last active": app.when(a["last_active"], empty=""),
         "Last error": a["last_error"] or "",
     } for a in accounts]), hide_index=True, width="stretch")
 
@@ -117,6 +117,6 @@ else:
         "Requested": app.local(a["created_at"]),
         "Change": describe_action(a["action"], a["payload"], names),
         "State": a["status"] + (f" ({a['attempts']} attempts)" if a["attempts"] > 1 else ""),
-        "Applied": app.local(a["applied_at"]),
+        "Applied": app.when(a["applied_at"], empty=""),  # text: no "None" while pending
         "Error": a["error"] or "",
     } for a in actions]), hide_index=True, width="stretch")

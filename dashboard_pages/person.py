@@ -81,6 +81,8 @@ for start in range(0, len(faces), FACES_PER_ROW):
             st.checkbox(f"#{face['id']}{cover_mark}", key=f"face_{person_id}_{face['id']}")
             link = app.message_link(face["source_chat_id"], face["source_message_id"], face["chat_username"])
             source = app.source_text(face["chat_title"], face["source_chat_id"], face["source_message_id"])
+            if face["frame_time"] is not None:
+                source += f" at {face['frame_time']:.1f} s"
             scores = f"quality {face['quality_score']:.2f}" + (
                 f" · match {face['match_similarity']:.2f}" if face["match_similarity"] else "")
             st.caption(f"{scores}  \n" + (f"[{source}]({link})" if link else source))
@@ -95,21 +97,28 @@ if media:
         "Date": app.local(m["message_date"]),
         "Type": m["media_type"],
         "Source": app.source_text(m["chat_title"], m["source_chat_id"], m["source_message_id"]),
-        "Source link": app.message_link(m["source_chat_id"], m["source_message_id"], m["chat_username"]),
+        # "" rather than None: a link column shows an empty cell for it, not the word None.
+        "Source link": app.message_link(m["source_chat_id"], m["source_message_id"], m["chat_username"]) or "",
         "Faces": m["faces"],
         "Post": m["post_status"] or "—",
         "Post link": (app.topic_link(hub, person["topic_id"], m["uploaded_message_id"])
-                      if m["post_status"] == "posted" else None),
+                      if m["post_status"] == "posted" else None) or "",
     } for m in media]), hide_index=True, width="stretch", column_config={
         "Date": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm"),
         "Source link": st.column_config.LinkColumn(display_text="open"),
         "Post link": st.column_config.LinkColumn(display_text="open in hub"),
     })
+else:
+    st.caption("No media.")
 
 # --- corrections -------------------------------------------------------------------------------
 st.subheader("Corrections")
+# A keyed tab set keeps the open tab across reruns: without it, any change above it (the flash
+# message gone, a face fewer) reopened "Rename" under the operator's hand, e.g. right after they
+# chose whom to merge with. Its labels must not change either (hence "Hide / unhide").
 rename, merge, move, cover, hide = st.tabs(
-    ["Rename", "Merge", "Move faces", "Cover", "Unhide" if person["hidden"] else "Hide"])
+    ["Rename", "Merge", "Move faces", "Cover", "Hide / unhide"], key=f"corrections_{person_id}",
+    on_change="rerun")
 with rename:
     corrections.rename(person)
 with merge:

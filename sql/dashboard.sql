@@ -63,7 +63,8 @@ LIMIT %(limit)s;
 -- Every watched chat per account, with its jobs still waiting and failed.
 SELECT c.id, c.account_id, coalesce(a.display_name, a.username, 'account ' || a.id) AS account,
        c.chat_id, c.chat_title, c.chat_username, c.chat_type, c.scan_mode, c.state,
-       c.processed_messages, c.total_messages, c.last_processed_message_id, c.last_updated,
+       coalesce(c.processed_messages, 0) AS processed_messages,
+       coalesce(c.total_messages, 0) AS total_messages, c.last_processed_message_id, c.last_updated,
        c.last_sweep_at, c.skipped_media, c.deferred_until, c.last_error, c.added_at,
        j.waiting, j.failed
 FROM scan_checkpoints c
@@ -160,10 +161,12 @@ FROM telegram_topics t WHERE t.merged_into IS NULL
 ORDER BY lower(t.label), t.id;
 
 -- name: dashboard_person
--- Person %(person_id)s with its counts, cover and (if merged) its survivor.
+-- Person %(person_id)s with its counts, cover and (if merged) its survivor. First and last seen
+-- are the dates of the messages its faces appear in, as in the gallery (else when they were found).
 SELECT t.id, t.label, t.label_is_manual, t.hidden, t.topic_id, t.topic_title, t.hub_chat_id,
        t.merged_into, survivor.label AS merged_into_label, t.cover_face_id, t.cover_is_manual,
-       t.first_seen, t.last_seen, t.created_at,
+       coalesce(seen.first_date, t.first_seen) AS first_seen,
+       coalesce(seen.last_date, t.last_seen) AS last_seen, t.created_at,
        (SELECT count(*) FROM face_embeddings f WHERE f.topic_id = t.id) AS faces,
        (SELECT count(DISTINCT f.media_item_id) FROM face_embeddings f WHERE f.topic_id = t.id) AS media,
        (SELECT count(*) FROM uploaded_media u WHERE u.topic_id = t.id AND u.status = 'posted') AS posts,
@@ -173,12 +176,17 @@ SELECT t.id, t.label, t.label_is_manual, t.hidden, t.topic_id, t.topic_title, t.
         ORDER BY f.id = t.cover_face_id DESC, f.low_quality, f.quality_score DESC, f.id LIMIT 1) AS cover
 FROM telegram_topics t
 LEFT JOIN telegram_topics survivor ON survivor.id = t.merged_into
+LEFT JOIN LATERAL (
+    SELECT min(m.message_date) AS first_date, max(m.message_date) AS last_date
+    FROM face_embeddings f JOIN media_items m ON m.id = f.media_item_id
+    WHERE f.topic_id = t.id
+) seen ON TRUE
 WHERE t.id = %(person_id)s;
 
 -- name: dashboard_person_faces
 -- Up to %(limit)s faces of person %(person_id)s, best first, with where they come from.
-SELECT f.id, f.crop_jpeg, f.quality_score, f.low_quality, f.det_score, f.match_similarity,
-       f.assigned_by, f.source_chat_id, f.source_message_id, f.media_item_id, f.frame_time,
+SELECT f.id, f.crop_jpeg, coalesce(f.quality_score, 0) AS quality_score, f.low_quality, f.det_score,
+       f.match_similarity, f.assigned_by, f.source_chat_id, f.source_message_id, f.media_item_id, f.frame_time,
        f.detection_timestamp, m.media_type, ch.chat_title, ch.chat_username
 FROM face_embeddings f
 LEFT JOIN media_items m ON m.id = f.media_item_id

@@ -104,7 +104,27 @@ def wait_for(driver, xpath: str, timeout: float = 20.0):
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, timeout).until(ec.visibility_of_element_located(("xpath", xpath)))
+    from selenium.common.exceptions import TimeoutException
+
+    try:
+        return WebDriverWait(driver, timeout).until(ec.visibility_of_element_located(("xpath", xpath)))
+    except TimeoutException:
+        screenshot(driver, "timed_out", top=False)   # what the page showed instead
+        raise AssertionError(f"not shown within {timeout:g} s: {xpath}") from None
+
+
+def click(driver, xpath: str, timeout: float = 20.0) -> None:
+    """Click the element at `xpath`, found again if a rerun replaced it meanwhile."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    for attempt in range(3):
+        try:
+            wait_for(driver, xpath, timeout).click()
+            return
+        except StaleElementReferenceException:
+            if attempt == 2:
+                raise
+            time.sleep(0.5)
 
 
 def settle(driver, timeout: float = 20.0) -> None:
@@ -119,6 +139,12 @@ def settle(driver, timeout: float = 20.0) -> None:
 def text(value: str) -> str:
     """An XPath test for an element whose own text contains `value`."""
     return f"contains(normalize-space(.), {value!r})"
+
+
+def no_errors(driver, where: str) -> None:
+    """The page shows no exception and no error message."""
+    shown = driver.find_elements("css selector", '[data-testid="stException"], [data-testid="stAlertContentError"]')
+    assert not shown, f"{where}: " + " | ".join(e.text for e in shown)
 
 
 def screenshot(driver, name: str, *, top: bool = True) -> None:
@@ -140,14 +166,20 @@ def test_sign_in_browse_and_rename_a_person(dashboard_url, browser, filled_db): 
     password = wait_for(browser, "//input[@type='password']")
     screenshot(browser, "0_sign_in")
     password.send_keys(PASSWORD)
-    wait_for(browser, f"//button[{text('Sign in')}]").click()
+    click(browser, f"//button[{text('Sign in')}]")
     wait_for(browser, f"//h1[{text('Overview')}]")
     settle(browser)
     wait_for(browser, "//*[@data-testid='stPlotlyChart']//*[contains(@class, 'main-svg')]")
     screenshot(browser, "1_overview")
 
-    for number, page in enumerate(["Chats", "Errors", "Review", "Search by photo", "Persons"], start=2):
-        wait_for(browser, f"//a[@data-testid='stSidebarNavLink'][{text(page)}]").click()
+    no_errors(browser, "Overview")
+
+    # Sidebar links by their address (their text holds the icon's name too).
+    pages = {"Chats": "chats", "Errors": "errors", "Review": "review", "Search by photo": "search",
+             "Person": "person", "Persons": "gallery"}
+    for number, (page, path) in enumerate(pages.items(), start=2):
+        click(browser, f"//a[@data-testid='stSidebarNavLink'][substring(@href, string-length(@href) - "
+                       f"{len(path)})='/{path}']")
         wait_for(browser, f"//h1[{text(page)}]")
         settle(browser)
         if page == "Search by photo":
@@ -155,26 +187,107 @@ def test_sign_in_browse_and_rename_a_person(dashboard_url, browser, filled_db): 
             upload.send_keys(str(FACES_DIR / "group_obama_biden_composite.jpg"))
             wait_for(browser, f"//*[{text('2 faces found')}]", timeout=30)
             settle(browser)
+        no_errors(browser, page)
         screenshot(browser, f"{number}_{page.split()[0].lower()}")
 
     # The gallery shows the persons the pipeline made; open the one with the most faces.
-    wait_for(browser, f"//a[{text(biden[1])}]").click()
+    click(browser, f"//a[{text(biden[1])}]")
     wait_for(browser, f"//h1[{text(biden[1])}]")
     settle(browser)
-    screenshot(browser, "7_person")
+    no_errors(browser, "a person")
+    screenshot(browser, "8_person")
     name = wait_for(browser, "//input[@aria-label='Name']")
     name.send_keys("Joe Biden\n")
     wait_for(browser, f"//*[{text('On Telegram')}]")
     settle(browser)
-    screenshot(browser, "8_person_rename_preview", top=False)
-    wait_for(browser, f"//button[{text('Rename to «Joe Biden»')}]").click()
+    screenshot(browser, "9_person_rename_preview", top=False)
+    click(browser, f"//button[{text('Rename to «Joe Biden»')}]")
     wait_for(browser, f"//*[{text('Renamed to «Joe Biden».')}]")
     settle(browser)
     wait_for(browser, f"//h1[{text('Joe Biden')}]")
-    screenshot(browser, "9_person_renamed")
+    screenshot(browser, "10_person_renamed")
 
     with psycopg.connect(filled_db) as conn:
         assert conn.execute("SELECT label, label_is_manual FROM telegram_topics WHERE id = %s",
                             (biden[0],)).fetchone() == ("Joe Biden", True)
         assert conn.execute("SELECT action, payload, status FROM dashboard_actions").fetchall() == [
             ("rename_topic", {"person_id": biden[0], "title": "Joe Biden"}, "pending")]
+
+
+def test_a_wrong_password_gets_nothing(dashboard_url, browser, filled_db):  # noqa: F811
+    with psycopg.connect(filled_db) as conn:
+        labels = [r[0] for r in conn.execute("SELECT label FROM telegram_topics")]
+        person = conn.execute("SELECT min(id) FROM telegram_topics").fetchone()[0]
+    # Straight to a person's page, as a bookmark would: the sign-in form and nothing else.
+    browser.get(f"{dashboard_url}/person?person={person}")
+    password = wait_for(browser, "//input[@type='password']")
+    password.send_keys("correct horse battery stapler\n")
+    wait_for(browser, f"//*[{text('Wrong password.')}]")
+    settle(browser)
+    screenshot(browser, "wrong_password")
+    page = browser.find_element("tag name", "body").text
+    assert not browser.find_elements("css selector", '[data-testid="stSidebarNavLink"], img, '
+                                     '[data-testid="stMetric"], [data-testid="stDataFrame"]')
+    assert "Overview" not in page and not [label for label in labels if label in page]
+    assert browser.find_elements("xpath", "//input[@type='password']")   # asked again
+
+
+def select_option(driver, label: str, option: str) -> None:
+    """Choose `option` in the selectbox labelled `label`."""
+    box = wait_for(driver, f"//*[@data-testid='stSelectbox'][.//label[{text(label)}]]")
+    box.find_element("xpath", ".//*[@role='combobox' or @data-baseweb='select']").click()
+    click(driver, f"//*[@role='option'][{text(option)}]")
+    settle(driver)
+
+
+def test_move_a_face_out_and_merge_in_the_browser(dashboard_url, browser, filled_db):  # noqa: F811
+    """"Not this person" on a posted face, then a merge: what the database and the pending
+    Telegram actions say afterwards."""
+    with psycopg.connect(filled_db, autocommit=True) as conn:
+        # Two persons with two faces each; one face's photo is already posted in its topic.
+        (first, first_label), (second, second_label) = conn.execute(
+            """SELECT t.id, t.label FROM telegram_topics t JOIN face_embeddings f ON f.topic_id = t.id
+               WHERE t.merged_into IS NULL GROUP BY t.id ORDER BY count(*), t.id LIMIT 2""").fetchall()
+        face, media = conn.execute("""SELECT id, media_item_id FROM face_embeddings WHERE topic_id = %s
+                                      ORDER BY low_quality, quality_score DESC, id LIMIT 1""", (second,)).fetchone()
+        [(posted,)] = conn.execute("""UPDATE uploaded_media SET status = 'posted', uploaded_message_id = 4242,
+                                          uploaded_at = now()
+                                      WHERE topic_id = %s AND media_item_id = %s RETURNING id""",
+                                   (second, media)).fetchall()
+    browser.get(f"{dashboard_url}/person?person={second}")
+    wait_for(browser, "//input[@type='password']").send_keys(PASSWORD + "\n")
+    wait_for(browser, f"//h1[{text(second_label)}]")
+    settle(browser)
+
+    # Tick the face, say it is somebody new: the preview says its post is deleted from the topic.
+    click(browser, f"//*[@data-testid='stCheckbox']//label[{text(f'#{face}')}]")
+    settle(browser)
+    click(browser, f"//*[@role='tab'][{text('Move faces')}]")
+    wait_for(browser, f"//*[{text('1 post in «' + second_label + '»')}]")
+    screenshot(browser, "move_preview", top=False)
+    click(browser, f"//button[{text('Move 1 face')}]")
+    wait_for(browser, f"//*[{text('Moved the faces to a new person')}]")
+    settle(browser)
+    no_errors(browser, "after moving a face")
+
+    # Merge the other person into this one.
+    click(browser, f"//*[@role='tab'][{text('Merge')}]")
+    select_option(browser, "Same person as", first_label)
+    wait_for(browser, f"//*[{text('has no topic: nothing to close.')}]")
+    screenshot(browser, "merge_preview", top=False)
+    click(browser, f"//button[{text(f'Merge «{first_label}» into «{second_label}»')}]")
+    wait_for(browser, f"//*[{text(f'Merged «{first_label}» into «{second_label}».')}]")
+    settle(browser)
+    no_errors(browser, "after the merge")
+    screenshot(browser, "merged")
+
+    with psycopg.connect(filled_db) as conn:
+        new = conn.execute("SELECT topic_id FROM face_embeddings WHERE id = %s", (face,)).fetchone()[0]
+        assert new not in (None, first, second)
+        assert conn.execute("SELECT merged_into FROM telegram_topics WHERE id = %s", (first,)).fetchone() == (second,)
+        assert conn.execute("SELECT action, payload FROM dashboard_actions WHERE status = 'pending' ORDER BY id"
+                            ).fetchall() == [
+            ("delete_posts", {"person_id": second, "uploaded_media_ids": [posted]}),
+            ("merge_persons", {"survivor_id": second, "absorbed_id": first,
+                               "title": f"→ merged into {second_label}",
+                               "note": f"Merged into {second_label}: its posts continue there."})]
