@@ -146,6 +146,11 @@ async def start_analysis(settings: config.Settings):
     from identity_matcher import IdentityMatcher
     from media_processor import FaceProcessor
 
+    if settings.face_engine == "insightface":
+        from face_engines import download_insightface_models
+        # Fetched once into MODELS_DIR on the first start outside Docker (the image has them baked
+        # in); offline, this raises ModelUnavailableError saying what to do.
+        await asyncio.to_thread(download_insightface_models, settings.models_path)
     processor = FaceProcessor(settings.face_engine, models_dir=settings.models_path,
                               min_quality=settings.min_quality_threshold)
     mode = "thread" if settings.face_engine == "insightface" else "process"

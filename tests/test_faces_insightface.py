@@ -199,6 +199,37 @@ def test_first_use_download_fetches_the_pack_through_insightface(tmp_path, stand
     assert len(fetched) == 1  # present now: not fetched again
 
 
+async def test_the_daemon_fetches_the_weights_on_its_first_start(tmp_path, stand_in_models_dir, monkeypatch,
+                                                                  clean_env, faces_dir):
+    """A first `python main.py` with the default engine and an empty MODELS_DIR: the pack is
+    fetched once and the analysis processes find faces with it."""
+    import shutil
+    import config
+    import insightface.utils.storage as storage
+    import main
+
+    served = shutil.make_archive(str(tmp_path / "zoo" / "buffalo_l"), "zip",
+                                 insightface_pack_dir(stand_in_models_dir))
+    fetched = []
+
+    def fake_download_file(url, path, overwrite=False, **kwargs):
+        fetched.append(url)
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(served, path)
+
+    monkeypatch.setattr(storage, "download_file", fake_download_file)
+    settings = config.load_settings(None, data_dir=tmp_path / "data", num_workers=1)
+    assert settings.face_engine == "insightface"
+    analyser, _matcher = await main.start_analysis(settings)
+    try:
+        faces = await analyser.analyse(faces_dir / "barack_obama_01.jpg", "photo")
+    finally:
+        analyser.close()
+    assert len(fetched) == 1
+    assert find_insightface_models(settings.models_path)
+    assert len(faces) == 1 and faces[0].embedding.shape == (512,)
+
+
 def test_a_failed_download_says_what_to_do(tmp_path, monkeypatch):
     import insightface.utils.storage as storage
     from face_engines import download_insightface_models
