@@ -23,6 +23,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -255,11 +256,18 @@ async def run_import(pool: AsyncConnectionPool, contents: ExportContents, worker
                                           unit="file", disable=None if progress else True) as bar:
             runner = asyncio.create_task(workers.run(), name="import-workers")
             try:
+                # The database is asked when this process finished a job (looked at in memory
+                # every 50 ms, so the import ends right after its last commit) or every `poll`
+                # seconds (jobs finished by other worker processes).
+                local, asked = _settled(workers), time.monotonic()
                 while finished < len(job_ids):
-                    done, _ = await asyncio.wait([runner], timeout=poll)
+                    done, _ = await asyncio.wait([runner], timeout=min(poll, 0.05))
                     if done:  # the workers stopped (a signal, an error) before the import was over
                         runner.result()
                         break
+                    if _settled(workers) == local and time.monotonic() - asked < poll:
+                        continue
+                    local, asked = _settled(workers), time.monotonic()
                     statuses = Counter((await workers.queue.statuses(job_ids)).values())
                     now = sum(statuses[s] for s in FINAL_STATUSES)
                     bar.update(now - finished)
@@ -271,3 +279,9 @@ async def run_import(pool: AsyncConnectionPool, contents: ExportContents, worker
         cur = await conn.execute(queries.export_summary, {})
         summary = dict(zip([c.name for c in cur.description], await cur.fetchone()))
     return ImportReport(len(contents.media), new, statuses, summary)
+
+
+def _settled(workers: WorkerPool) -> int:
+    """Jobs this process has finished (done, failed or skipped) so far."""
+    stats = workers.stats
+    return stats.jobs_done + stats.jobs_failed + stats.jobs_skipped
