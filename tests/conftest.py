@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import psycopg
@@ -38,7 +40,11 @@ def pg_server():
     os.chmod(base, 0o755)  # as root, pgserver runs postgres as another user that must reach it
     server = pgserver.get_server(base / "pgdata", cleanup_mode="delete")
     yield server
-    server.cleanup()
+    try:
+        server.cleanup()
+    except OSError:  # a postgres process that pg_ctl had to kill still wrote while it was removed
+        time.sleep(2)
+        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -140,3 +146,12 @@ def face_labels() -> dict:
     import csv
     with open(FACES_DIR / "labels.csv", newline="") as f:
         return {row["file"]: [i for i in row["identity"].split(";") if i] for row in csv.DictReader(f)}
+
+
+@pytest.fixture
+async def h(tmp_path, pool):
+    """A fake Telegram world and the daemon's Telegram side on `pool` (fake_telegram.Harness)."""
+    from fake_telegram import Harness
+    harness = Harness(tmp_path, pool)
+    yield harness
+    await harness.close()

@@ -49,12 +49,11 @@ import io
 import json
 import logging
 import os
-import shutil
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from telethon import errors, events, functions, types, utils
+from telethon import errors, events, types, utils
 from telethon.helpers import TotalList
 from telethon.tl.types import auth as tl_auth
 from telethon.tl.types import messages as tl_messages

@@ -86,4 +86,4 @@ def faces_dir() -> Path:
     import os
 
     root = Path(__file__).resolve().parents[1]
-    return Path(os.environ.get("FACES_DIR", root.parent / "shared" / "faces"))
+    return Path(os.environ.get("FACES_DIR", root / "tests" / "faces"))

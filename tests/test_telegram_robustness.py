@@ -10,20 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from fake_telegram import Harness, eventually, run_components
+from media_fixtures import faces_dir
+from fake_telegram import eventually, run_components
 from test_telegram_scan import _has_job, _mode, checkpoint, history, job_ids
 from test_uploader import rows
 from test_uploader import analysed, due, make_person, outbox, world_with_chat
 
-FACES = Path(__file__).resolve().parents[2] / "shared" / "faces"
+FACES = faces_dir()
 A, B = "+15550001", "+15550002"
-
-
-@pytest.fixture
-async def h(tmp_path, pool):
-    harness = Harness(tmp_path, pool)
-    yield harness
-    await harness.close()
 
 
 # --- history sweeps ---------------------------------------------------------------------------

@@ -5,23 +5,16 @@ flood waits, oversized media."""
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 import pytest
 from psycopg.rows import dict_row
 
-from fake_telegram import Harness, eventually, run_components
+from media_fixtures import faces_dir
+from fake_telegram import eventually, run_components
 from scanners import classify
 
-FACES = Path(__file__).resolve().parents[2] / "shared" / "faces"
+FACES = faces_dir()
 A, B = "+15550001", "+15550002"
-
-
-@pytest.fixture
-async def h(tmp_path, pool):
-    harness = Harness(tmp_path, pool)
-    yield harness
-    await harness.close()
 
 
 async def rows(pool, query: str, *params) -> list[dict]:

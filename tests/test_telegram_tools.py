@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import stat
-from pathlib import Path
 
 import psycopg
 import pytest
@@ -17,20 +16,13 @@ import pytest
 import add_chat
 from accounts import SessionBusy
 from chats import ActionFailed
-from fake_telegram import Harness
+from media_fixtures import faces_dir
 from init_account import LoginFailed, login
 from test_uploader import analysed, due, make_person, outbox, rows
 from topics import TITLE_MAX_BYTES, TopicManager, topic_title
 
-FACES = Path(__file__).resolve().parents[2] / "shared" / "faces"
+FACES = faces_dir()
 A, B = "+15550001", "+15550002"
-
-
-@pytest.fixture
-async def h(tmp_path, pool):
-    harness = Harness(tmp_path, pool)
-    yield harness
-    await harness.close()
 
 
 def answers(*values):

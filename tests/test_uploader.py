@@ -12,11 +12,12 @@ import pytest
 from PIL import Image
 from psycopg.rows import dict_row
 
+from media_fixtures import faces_dir
 from fake_telegram import Harness, eventually
 from media_uploader import NO_LINK, MediaUploader, Pacer, message_link
 from topics import TopicManager
 
-FACES = Path(__file__).resolve().parents[2] / "shared" / "faces"
+FACES = faces_dir()
 A, B = "+15550001", "+15550002"
 
 
@@ -32,13 +33,6 @@ class FakeClock:
     async def sleep(self, seconds: float) -> None:
         self.t += seconds
         await asyncio.sleep(0)
-
-
-@pytest.fixture
-async def h(tmp_path, pool):
-    harness = Harness(tmp_path, pool)
-    yield harness
-    await harness.close()
 
 
 async def rows(pool, query: str, *params) -> list[dict]:
