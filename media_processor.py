@@ -161,14 +161,13 @@ class FaceProcessor:
     def faces_in_rgb(self, rgb: np.ndarray, *, frame_time: float | None = None,
                      scale: float = 1.0) -> list[DetectedFace]:
         """The faces in a decoded, upright RGB array; boxes are multiplied by `scale`."""
-        keep = None
-        if self.min_quality > 0:
-            # Quality needs no embedding: faces that would be dropped are never embedded (the
-            # daemon's MIN_QUALITY_THRESHOLD is 0.5, and an embedding costs ~160 ms with dlib).
-            def keep(candidate: Candidate) -> bool:
-                return face_quality(rgb, candidate) >= self.min_quality
-        faces = [build_face(rgb, raw, frame_time=frame_time, scale=scale)
-                 for raw in self._engine.detect(rgb, keep=keep)]
+        def good_enough(candidate: Candidate) -> bool:
+            return face_quality(rgb, candidate) >= self.min_quality
+
+        # Quality needs no embedding: faces that would be dropped are never embedded (the
+        # daemon's MIN_QUALITY_THRESHOLD is 0.5, and an embedding costs ~160 ms with dlib).
+        faces = [build_face(rgb, raw, frame_time=frame_time, scale=scale) for raw in
+                 self._engine.detect(rgb, keep=good_enough if self.min_quality > 0 else None)]
         kept = [f for f in faces if f.quality >= self.min_quality]
         return sorted(kept, key=lambda f: -f.quality)
 

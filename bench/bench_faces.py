@@ -234,7 +234,7 @@ def make_videos(folder: Path, long_minutes: int) -> tuple[Path, Path]:
 
 def bench_video(processor: FaceProcessor, clip: Path, workers: int,
                 models_dir: Path | None) -> None:
-    print(f"\n== Video: 60 s, 1280x720, 25 fps, H.264, 1 frame per second analysed")
+    print("\n== Video: 60 s, 1280x720, 25 fps, H.264, 1 frame per second analysed")
     frames, seconds = rate(lambda p: sum(1 for _ in VideoFrameExtractor(
         p, frame_rate=1.0, max_seconds=1e9)), [clip])
     print(f"frame sampling only           {60 / seconds:7.1f} video s per wall s")
