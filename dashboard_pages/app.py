@@ -8,6 +8,7 @@ migrated) once per process; both live in `st.cache_resource`. Every read is a na
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -168,7 +169,20 @@ def verb(count: int, one_form: str, many: str) -> str:
 
 
 def person_name(label: str, hidden: bool = False) -> str:
+    """A person's name as plain text (select boxes, tables); `md(...)` it where Markdown is read."""
     return f"{label} (hidden)" if hidden else label
+
+
+_MARKDOWN_INLINE = re.compile(r"([\\`*_\[\]<>~$:|])")       # emphasis, links, HTML, maths, :colour[]
+_MARKDOWN_LINE_START = re.compile(r"^(\s*(?:\d+)?)([#>+.)-])", re.MULTILINE)  # headings, quotes, lists
+
+
+def md(text: object) -> str:
+    """`text` shown as it is where Streamlit reads Markdown (titles, captions, link labels).
+    Chat titles come from Telegram and labels from whoever typed them: without this, a title
+    like "[win](https://…)" would become a link, and ":red[x]" a colour."""
+    escaped = _MARKDOWN_INLINE.sub(r"\\\1", str(text))
+    return _MARKDOWN_LINE_START.sub(lambda m: m.group(1) + "\\" + m.group(2), escaped)
 
 
 # --- Telegram links ----------------------------------------------------------------------------
@@ -205,8 +219,10 @@ def hub_of(person: dict[str, Any]) -> int | None:
     return person.get("hub_chat_id") or settings().hub_group_id
 
 
-def source_text(chat_title: str | None, chat_id: int, message_id: int) -> str:
-    return f"{chat_title or chat_id} · message {message_id}"
+def source_text(chat_title: str | None, chat_id: int, message_id: int, *, markdown: bool = True) -> str:
+    """Where a face was seen: as Markdown (the chat title escaped), or plain for tables."""
+    chat = chat_title or chat_id
+    return f"{md(chat) if markdown else chat} · message {message_id}"
 
 
 def person_labels(actions: list[dict[str, Any]]) -> dict[int, str]:

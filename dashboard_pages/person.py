@@ -53,7 +53,7 @@ if person["merged_into"] is not None:
 picture, about = st.columns([1, 5])
 if person["cover"]:
     picture.image(person["cover"], width="stretch")
-about.title(app.person_name(person["label"], person["hidden"]))
+about.title(app.md(app.person_name(person["label"], person["hidden"])))
 topic = app.topic_link(app.hub_of(person), person["topic_id"])
 facts = [
     "named by you" if person["label_is_manual"] else "not named yet",
@@ -96,7 +96,7 @@ if media:
     st.dataframe(pd.DataFrame([{
         "Date": app.local(m["message_date"]),
         "Type": m["media_type"],
-        "Source": app.source_text(m["chat_title"], m["source_chat_id"], m["source_message_id"]),
+        "Source": app.source_text(m["chat_title"], m["source_chat_id"], m["source_message_id"], markdown=False),
         # "" rather than None: a link column shows an empty cell for it, not the word None.
         "Source link": app.message_link(m["source_chat_id"], m["source_message_id"], m["chat_username"]) or "",
         "Faces": m["faces"],

@@ -259,6 +259,21 @@ def test_the_gallery_shows_the_persons_the_pipeline_made(db):
     assert "Person 2 (hidden)" in [link.label for link in at.page_link]
 
 
+def test_names_from_telegram_and_labels_are_shown_as_typed_not_as_markdown(db):
+    """A chat title or a label is text: a link, emphasis or a colour in it stays literal."""
+    person = biden(db)
+    label = "[win](https://evil.example) **now** :red[x]"
+    db.execute("UPDATE telegram_topics SET label = %s WHERE id = %s", (label, person))
+    db.execute("UPDATE scan_checkpoints SET chat_title = %s WHERE chat_id IN "
+               "(SELECT source_chat_id FROM face_embeddings WHERE topic_id = %s)", ("# _Chat_ [x](y)", person))
+    literal = r"\[win\](https\://evil.example) \*\*now\*\* \:red\[x\]"
+    at = signed_in("gallery")
+    assert literal in [link.label for link in at.page_link]
+    at = signed_in("person", person=str(person))
+    assert [t.value for t in at.title] == [literal]
+    assert any(r"\# \_Chat\_ \[x\](y) · message" in c.value for c in at.caption)
+
+
 def test_a_persons_page_shows_faces_media_and_sources(db):
     person = biden(db)
     # Its topic exists in the hub and one of its media was posted there.
