@@ -101,6 +101,38 @@ async def test_add_chat_records_requests_lists_and_removes(h, pool, dlib_db):
     assert not service.realtime.watches(a, family)
 
 
+async def test_add_chat_on_the_command_line(h, pool, dlib_db, clean_env, tmp_path, capsys):
+    """What the operator types: `python add_chat.py ACCOUNT CHAT`, `--list`, `--pause`; a
+    mistake is said on stderr with exit code 2."""
+    from test_dashboard_support import dashboard_environment
+
+    dashboard_environment(clean_env, dlib_db, tmp_path)
+    a = await h.add_account(A)
+    family = h.world.add_chat("Family photos", username="family_photos", members=[A])
+    await h.watch(a, family)
+    no_file = ["--env-file", str(tmp_path / "no.env")]
+
+    def run(*args):
+        code = add_chat.main([*args, *no_file])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    code, _, err = run()
+    assert code == 2 and "give ACCOUNT and CHAT, or --list" in err
+    code, out, _ = run(A, "https://t.me/new_pics")
+    assert code == 0 and out.startswith("Requested (#") and "python add_chat.py --list" in out
+    code, out, _ = run("--list")
+    assert code == 0 and "Family photos (@family_photos)" in out and f"with account {a}: pending" in out
+    code, _, err = run(str(a), "@family_photos")
+    assert code == 2 and "already watches" in err
+    code, out, _ = run(str(a), str(family), "--pause")
+    assert code == 0 and out.strip() == f"«Family photos» ({family}) is now paused."
+    code, _, err = run(str(a), str(family), "--pause")
+    assert code == 2 and "no such chat in another state" in err
+    service = await h.service()
+    assert await service.scanner.due_chats(a) == []                     # paused: not read
+
+
 async def test_the_daemon_adds_chats_by_invite_link_id_and_protected_only_flagged(h, pool):
     a = await h.add_account(A)
     secret = h.world.add_chat("Secret club", invite="AbCdEf123", noforwards=True)     # A is not a member
