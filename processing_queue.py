@@ -10,7 +10,8 @@ A job is one source message with media (`media_jobs`). Its life:
   are claimable again when their lease runs out. Every write that finishes a job checks that the
   writer still holds the lease, so a job is never finished twice.
 - **One transaction**: a job's faces, persons, outbox rows (written by `IdentityMatcher.assign`),
-  its media item's status and the job's own status commit together, or not at all.
+  its media item's status and the job's own status commit together, or not at all. If
+  PostgreSQL rolls it back to break a deadlock with another worker, it runs again at once.
 - **Once per media**: a job whose media item is already analysed finishes as done without
   analysis (its posts exist per (person, media item) already); a job waits while a twin with
   the same media is being downloaded or analysed.
