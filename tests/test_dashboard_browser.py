@@ -234,8 +234,9 @@ def test_a_wrong_password_gets_nothing(dashboard_url, browser, filled_db):  # no
 
 def select_option(driver, label: str, option: str) -> None:
     """Choose `option` in the selectbox labelled `label`."""
-    box = wait_for(driver, f"//*[@data-testid='stSelectbox'][.//label[{text(label)}]]")
-    box.find_element("xpath", ".//*[@role='combobox' or @data-baseweb='select']").click()
+    # One XPath for box and field, so that `click` finds both again if a rerun replaced them.
+    click(driver, f"//*[@data-testid='stSelectbox'][.//label[{text(label)}]]"
+                  "//*[@role='combobox' or @data-baseweb='select']")
     click(driver, f"//*[@role='option'][{text(option)}]")
     settle(driver)
 
@@ -263,6 +264,7 @@ def test_move_a_face_out_and_merge_in_the_browser(dashboard_url, browser, filled
     click(browser, f"//*[@data-testid='stCheckbox']//label[{text(f'#{face}')}]")
     settle(browser)
     click(browser, f"//*[@role='tab'][{text('Move faces')}]")
+    settle(browser)                                    # choosing a tab reruns the page
     wait_for(browser, f"//*[{text('1 post in «' + second_label + '»')}]")
     screenshot(browser, "move_preview", top=False)
     click(browser, f"//button[{text('Move 1 face')}]")
@@ -272,6 +274,7 @@ def test_move_a_face_out_and_merge_in_the_browser(dashboard_url, browser, filled
 
     # Merge the other person into this one.
     click(browser, f"//*[@role='tab'][{text('Merge')}]")
+    settle(browser)                                    # choosing a tab reruns the page
     select_option(browser, "Same person as", first_label)
     wait_for(browser, f"//*[{text('has no topic: nothing to close.')}]")
     screenshot(browser, "merge_preview", top=False)
