@@ -164,12 +164,12 @@ class FaceProcessor:
         def good_enough(candidate: Candidate) -> bool:
             return face_quality(rgb, candidate) >= self.min_quality
 
-        # Quality needs no embedding: faces that would be dropped are never embedded (the
-        # daemon's MIN_QUALITY_THRESHOLD is 0.5, and an embedding costs ~160 ms with dlib).
+        # Both engines drop the faces `keep` turns down, so what comes back is good enough.
+        # Quality needs no embedding: with dlib, faces that would be dropped are never embedded
+        # (the daemon's MIN_QUALITY_THRESHOLD is 0.5, and an embedding costs ~160 ms with dlib).
         faces = [build_face(rgb, raw, frame_time=frame_time, scale=scale) for raw in
                  self._engine.detect(rgb, keep=good_enough if self.min_quality > 0 else None)]
-        kept = [f for f in faces if f.quality >= self.min_quality]
-        return sorted(kept, key=lambda f: -f.quality)
+        return sorted(faces, key=lambda f: -f.quality)
 
     def analyse_video(self, path: str | os.PathLike, *, frame_rate: float = DEFAULT_VIDEO_FRAME_RATE,
                       max_seconds: float = DEFAULT_VIDEO_MAX_SECONDS,

@@ -583,16 +583,14 @@ class WorkerPool:
     async def _store(self, job: Job, faces: list[Any]) -> str:
         """`_store_once`, run again at once if PostgreSQL broke a deadlock with another worker by
         rolling it back (nothing of it was written), rather than waiting out the job's lease."""
-        for attempt in range(1, STORE_ATTEMPTS + 1):
+        for attempt in range(1, STORE_ATTEMPTS):
             try:
                 return await self._store_once(job, faces)
             except CONFLICT as exc:
-                if attempt == STORE_ATTEMPTS:
-                    raise
                 logger.info("%s: storing conflicted with another worker (%s); again, attempt %d",
                             job, _first_line(exc), attempt + 1)
                 await asyncio.sleep(random.uniform(0.01, 0.1) * attempt)
-        raise AssertionError("unreachable")
+        return await self._store_once(job, faces)   # the last attempt: a conflict is raised
 
     async def _store_once(self, job: Job, faces: list[Any]) -> str:
         """The job's faces, persons, outbox rows and status, in one transaction."""

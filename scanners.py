@@ -299,22 +299,19 @@ class MessageScanner:
                               f"removed from it? Add it again, or remove the chat")
             result.stopped_because = type(exc).__name__
             return result
-        except (errors.RPCError, ValueError) as exc:
-            # ValueError: Telethon cannot resolve the chat (no access hash known for this account).
-            result.reached_newest = False
-            await self._commit(chat, batch, iterator, result)
-            await self._defer(chat, CHAT_ERROR_DEFER, f"{type(exc).__name__}: {exc}")
-            logger.warning("chat %s (account %s): %s; trying again in %.0f min", chat_id, account_id,
-                           exc, CHAT_ERROR_DEFER / 60)
-            result.stopped_because = type(exc).__name__
-            return result
         except psycopg.Error:
             raise   # the database's problems are the supervisor's (it restarts the component)
         except Exception as exc:
-            # Anything else Telethon raises (TypeError, an unknown error class): this chat waits,
-            # the other chats and the daemon go on.
-            logger.exception("chat %s (account %s): unexpected error while reading it; trying again in %.0f min",
-                             chat_id, account_id, CHAT_ERROR_DEFER / 60)
+            # This chat waits; the other chats and the daemon go on. Telegram's refusals and
+            # ValueError (Telethon cannot resolve the chat: no access hash known for this account)
+            # are expected; anything else Telethon raises (TypeError, an unknown error class) is
+            # logged with its traceback.
+            if isinstance(exc, (errors.RPCError, ValueError)):
+                logger.warning("chat %s (account %s): %s; trying again in %.0f min", chat_id, account_id,
+                               exc, CHAT_ERROR_DEFER / 60)
+            else:
+                logger.exception("chat %s (account %s): unexpected error while reading it; trying again "
+                                 "in %.0f min", chat_id, account_id, CHAT_ERROR_DEFER / 60)
             result.reached_newest = False
             await self._commit(chat, batch, iterator, result)
             await self._defer(chat, CHAT_ERROR_DEFER, f"{type(exc).__name__}: {exc}")

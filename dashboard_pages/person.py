@@ -101,8 +101,8 @@ if media:
         "Source link": app.message_link(m["source_chat_id"], m["source_message_id"], m["chat_username"]) or "",
         "Faces": m["faces"],
         "Post": m["post_status"] or "—",
-        "Post link": (app.topic_link(hub, person["topic_id"], m["uploaded_message_id"])
-                      if m["post_status"] == "posted" else None) or "",
+        "Post link": (app.topic_link(hub, person["topic_id"], m["uploaded_message_id"]) or ""
+                      if m["post_status"] == "posted" else ""),
     } for m in media]), hide_index=True, width="stretch", column_config={
         "Date": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm"),
         "Source link": st.column_config.LinkColumn(display_text="open"),
