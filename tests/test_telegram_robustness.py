@@ -300,12 +300,7 @@ async def _job(pool, chat, message) -> Job:
 async def test_a_failed_download_leaves_no_temporary_file_and_the_next_try_works(h, pool, error, expected):
     from telethon import errors
 
-    a = await h.add_account(A)
-    chat = h.world.add_chat("Family photos", members=[A])
-    [message] = history(h.world, chat, 2)
-    await h.watch(a, chat)
-    service = await h.service()
-    await service.scanner.sweep_chat(a, chat)
+    service, chat, [message] = await world_with_chat(h, photos=("joe_biden_01.jpg",))
     job = await _job(pool, chat, message)
     h.world.fail("download_media", error, seconds=30)
     kind = getattr(errors, expected) if isinstance(expected, str) else expected
@@ -319,12 +314,7 @@ async def test_a_failed_download_leaves_no_temporary_file_and_the_next_try_works
 
 
 async def test_an_expired_file_reference_is_refetched_for_a_download(h, pool):
-    a = await h.add_account(A)
-    chat = h.world.add_chat("Family photos", members=[A])
-    [message] = history(h.world, chat, 2)
-    await h.watch(a, chat)
-    service = await h.service()
-    await service.scanner.sweep_chat(a, chat)
+    service, chat, [message] = await world_with_chat(h, photos=("joe_biden_01.jpg",))
     job = await _job(pool, chat, message)
     h.world.fail("download_media", "expire_reference", times=2)   # expires twice in a row
     path = await service.downloader.download(job)
