@@ -11,7 +11,7 @@
     .venv/bin/python bench/bench_faces.py [--engine dlib] [--workers 2] [--long-minutes 60]
                                           [--photos-only] [--min-quality 0.5]
 
-The photos are the labelled fixtures (../shared/faces or $FACES_DIR); the videos are made from
+The photos are the labelled fixtures (tests/faces or $FACES_DIR); the videos are made from
 them in a temporary folder.
 """
 
