@@ -5,10 +5,11 @@
   the `MessageActionTopicCreate` service message in the returned `Updates`.
 - Never twice: one asyncio lock per person in this process, and inside it a transaction holding
   `pg_advisory_xact_lock(topic, person)` that reads the person again before creating, so two
-  processes cannot both create one. The request carries a random_id derived from (hub, person,
-  previous topic): if the process dies after Telegram created the topic but before the database
-  recorded it, the retry gets `RandomIdDuplicateError` and the topic is looked up by its title
-  instead of being created again.
+  processes cannot both create one. The request's random_id and title are recorded (committed)
+  before it is sent and cleared when its topic is recorded: if the process dies after Telegram
+  created the topic but before the database recorded it, the retry sends the same random_id,
+  gets `RandomIdDuplicateError`, and looks the topic up by the title it was requested with (a
+  person renamed meanwhile is found, then renamed) instead of creating another.
 - The title is the person's label, at most 128 UTF-8 bytes (cut on a character boundary).
 - The first post of a new topic is the person's cover crop (telegram_topics.cover_face_id ->
   face_embeddings.crop_jpeg).
@@ -23,9 +24,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import secrets
 from typing import TYPE_CHECKING, Any
 
 from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
 from telethon import errors, functions, types, utils
 
 from database import queries
@@ -63,6 +66,11 @@ def stable_random_id(*parts: object) -> int:
     same thing again after a crash is then refused by Telegram instead of duplicated."""
     digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big", signed=True) or 1
+
+
+def new_random_id() -> int:
+    """A fresh random_id (signed 64-bit, never 0), as Telethon makes them."""
+    return int.from_bytes(secrets.token_bytes(8), "big", signed=True) or 1
 
 
 def is_topic_gone(exc: BaseException) -> bool:
@@ -178,17 +186,24 @@ class TopicManager:
             topic_id = self._current(person)
             created = False
             if topic_id is None:
+                async with self.pool.connection() as conn:  # committed before Telegram may act on it
+                    await conn.execute(queries.tg_plan_topic_request, {
+                        "person_id": person_id, "hub_chat_id": self.hub_chat_id, "random_id": new_random_id(),
+                        "title": topic_title(person["label"], person_id)})
                 async with self.pool.connection() as conn, conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
                     await cur.execute(queries.tg_topic_lock, {"person_id": person_id})
                     await cur.execute(queries.tg_person, {"person_id": person_id})
                     person = await cur.fetchone()
                     topic_id = self._current(person)
                     if topic_id is None:
-                        title = topic_title(person["label"], person_id)
-                        topic_id = await self._create(person, title)
+                        topic_id, title = await self._create(person, cur)
                         await cur.execute(queries.tg_set_topic, {
                             "person_id": person_id, "topic_id": topic_id, "hub_chat_id": self.hub_chat_id,
                             "title": title})
+                        wanted = topic_title(person["label"], person_id)
+                        if title != wanted:  # requested before a rename: rename it as the dashboard would
+                            await cur.execute(queries.persons_record_action, {
+                                "action": "rename_topic", "payload": Jsonb({"person_id": person_id, "title": wanted})})
                         person |= {"topic_id": topic_id, "cover_message_id": None, "topic_title": title}
                         created = True
                 if created:
@@ -206,36 +221,39 @@ class TopicManager:
                         raise
             return topic_id
 
-    async def _create(self, person: dict[str, Any], title: str) -> int:
+    async def _create(self, person: dict[str, Any], cur: Any) -> tuple[int, str]:
+        """Send the person's recorded topic request (tg_plan_topic_request); returns the topic's
+        id and title. `cur`: the caller's transaction, holding the person's topic lock."""
         peer = await self.hub_peer()
-        random_id = stable_random_id("topic", self.hub_chat_id, person["id"], person["topic_id"] or 0)
+        random_id = person["topic_request_random_id"]  # None only if another process just took it
+        title = person["topic_request_title"] or topic_title(person["label"], person["id"])
         try:
             result = await self.send(functions.messages.CreateForumTopicRequest(
                 peer=peer, title=title, random_id=random_id))
-            return topic_id_from_updates(result, random_id)
+            return topic_id_from_updates(result, random_id), title
         except errors.RandomIdDuplicateError:
             # Created before a crash, never recorded: find it rather than make a second one.
-            found = await self.find_topic(title)
+            found = await self.find_topic(title, cur)
             if found is not None:
                 logger.info("person %s: found topic %s created before a restart", person["id"], found)
-                return found
+                return found, title
             logger.warning("person %s: a topic was created before a restart but cannot be found by "
                            "its title «%s»; creating another (merge them by hand if both exist)",
                            person["id"], title)
             result = await self.send(functions.messages.CreateForumTopicRequest(peer=peer, title=title))
-            return topic_id_from_updates(result, None)
+            return topic_id_from_updates(result, None), title
 
-    async def find_topic(self, title: str) -> int | None:
-        """The newest open topic of the hub titled exactly `title` that no person has."""
+    async def find_topic(self, title: str, cur: Any) -> int | None:
+        """The newest open topic of the hub titled exactly `title` that no person has (asked on
+        `cur`, the caller's transaction: a second connection could wait for a full pool)."""
         result = await self.client()(functions.messages.GetForumTopicsRequest(
             peer=await self.hub_peer(), offset_date=None, offset_id=0, offset_topic=0, limit=100, q=title))
         candidates = sorted((t.id for t in result.topics
                              if isinstance(t, types.ForumTopic) and t.title == title), reverse=True)
         if not candidates:
             return None
-        async with self.pool.connection() as conn:
-            taken = {r[0] for r in await (await conn.execute(
-                queries.tg_topics_taken, {"topic_ids": candidates})).fetchall()}
+        await cur.execute(queries.tg_topics_taken, {"topic_ids": candidates})
+        taken = {r["topic_id"] for r in await cur.fetchall()}
         return next((t for t in candidates if t not in taken), None)
 
     async def _has_posts(self, person_id: int) -> bool:

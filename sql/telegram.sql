@@ -235,7 +235,7 @@ WHERE action = 'add_chat' AND status <> 'done' ORDER BY id;
 -- name: tg_person
 -- Person %(person_id)s as the topic manager needs it.
 SELECT id, label, hidden, merged_into, topic_id, hub_chat_id, topic_title, cover_face_id,
-       cover_message_id
+       cover_message_id, topic_request_random_id, topic_request_title
 FROM telegram_topics WHERE id = %(person_id)s;
 
 -- name: tg_topic_lock
@@ -248,8 +248,17 @@ SELECT pg_advisory_xact_lock(1953460329, %(person_id)s);
 -- cover is not posted yet.
 UPDATE telegram_topics
 SET topic_id = %(topic_id)s, hub_chat_id = %(hub_chat_id)s, topic_title = %(title)s,
-    cover_message_id = NULL
+    cover_message_id = NULL, topic_request_random_id = NULL, topic_request_title = NULL
 WHERE id = %(person_id)s;
+
+-- name: tg_plan_topic_request
+-- Person %(person_id)s has no topic in hub %(hub_chat_id)s: record the request that will create
+-- it (%(random_id)s, titled %(title)s) unless one is recorded already, which is then sent again
+-- as it was. Committed before the request is sent (see migrations/0003).
+UPDATE telegram_topics
+SET topic_request_random_id = %(random_id)s, topic_request_title = %(title)s
+WHERE id = %(person_id)s AND topic_request_random_id IS NULL
+  AND (topic_id IS NULL OR hub_chat_id <> %(hub_chat_id)s);
 
 -- name: tg_topics_taken
 -- Which of the topics %(topic_ids)s belong to a person already.

@@ -244,6 +244,47 @@ async def test_a_topic_deleted_before_its_cover_was_posted_is_recreated(h, pool)
     assert [r["status"] for r in await outbox(pool)] == ["posted"]
 
 
+async def test_a_topic_created_before_a_lost_answer_is_found_not_made_twice(h, pool):
+    service, chat, [message] = await world_with_chat(h)
+    person = await make_person(pool, "Barack Obama")
+    await due(pool, person, await analysed(pool, chat, message))
+    h.world.fail("CreateForumTopicRequest", "ConnectionError", accept=True)  # created; answer lost
+    await service.uploader.post_due()
+    [topic] = h.world.topics(h.hub)
+    await drain(service, pool)                     # the retry is refused as a duplicate, then finds it
+    assert list(h.world.topics(h.hub)) == [topic]
+    cover, post = h.world.posts(h.hub, topic)
+    assert cover["text"] == "Barack Obama" and [r["status"] for r in await outbox(pool)] == ["posted"]
+
+
+async def test_a_person_renamed_while_its_topic_was_unrecorded_gets_that_topic_renamed(h, pool, dlib_db):
+    import psycopg
+
+    import persons
+
+    service, chat, [message] = await world_with_chat(h)
+    person = await make_person(pool, "Person 1")
+    await due(pool, person, await analysed(pool, chat, message))
+    h.world.fail("CreateForumTopicRequest", "ConnectionError", accept=True)  # created; answer lost
+    await service.uploader.post_due()
+    [topic] = h.world.topics(h.hub)
+    # Meanwhile the operator names the person; with no topic recorded, Telegram has nothing to do.
+    with psycopg.connect(dlib_db, autocommit=True) as conn:
+        persons.rename_person(conn, person, "Barack Obama")
+    await apply_actions(service, pool)
+    await drain(service, pool)
+    assert list(h.world.topics(h.hub)) == [topic]  # found under the title it was created with
+    await apply_actions(service, pool)
+    assert h.world.topics(h.hub)[topic]["title"] == "Barack Obama"
+    assert len(h.world.posts(h.hub, topic)) == 2 and [r["status"] for r in await outbox(pool)] == ["posted"]
+
+
+async def apply_actions(service, pool) -> None:
+    """Apply the dashboard's recorded requests, as the daemon's action loop does."""
+    await service.actions.apply_pending()
+    assert {r["status"] for r in await rows(pool, "SELECT status FROM dashboard_actions")} == {"done"}
+
+
 @pytest.mark.parametrize("error", ["ServerError", "ChatAdminRequiredError", "ConnectionError", "TypeError"])
 async def test_a_dashboard_request_that_meets_an_error_is_retried_and_applied(h, pool, error):
     from psycopg.types.json import Jsonb

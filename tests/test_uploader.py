@@ -325,6 +325,8 @@ async def test_a_deleted_topic_is_recreated_and_its_posts_come_back(h, pool):
     assert {r["status"] for r in await outbox(pool)} == {"posted"}
     [p] = await rows(pool, "SELECT topic_id FROM telegram_topics WHERE id = %s", person)
     assert p["topic_id"] == new
+    # The new topic was asked for afresh, not refused as a repeat of the first request.
+    assert len(h.world.calls("CreateForumTopicRequest")) == 2
 
 
 async def test_media_whose_source_message_is_gone_fail_with_a_reason(h, pool):
