@@ -244,13 +244,19 @@ async def test_a_topic_deleted_before_its_cover_was_posted_is_recreated(h, pool)
     assert [r["status"] for r in await outbox(pool)] == ["posted"]
 
 
-async def test_a_topic_created_before_a_lost_answer_is_found_not_made_twice(h, pool):
+async def topic_created_but_answer_lost(h, pool, label: str):
+    """A person with a photo due; Telegram creates its topic, but the answer never arrives."""
     service, chat, [message] = await world_with_chat(h)
-    person = await make_person(pool, "Barack Obama")
+    person = await make_person(pool, label)
     await due(pool, person, await analysed(pool, chat, message))
-    h.world.fail("CreateForumTopicRequest", "ConnectionError", accept=True)  # created; answer lost
+    h.world.fail("CreateForumTopicRequest", "ConnectionError", accept=True)
     await service.uploader.post_due()
     [topic] = h.world.topics(h.hub)
+    return service, person, topic
+
+
+async def test_a_topic_created_before_a_lost_answer_is_found_not_made_twice(h, pool):
+    service, _, topic = await topic_created_but_answer_lost(h, pool, "Barack Obama")
     await drain(service, pool)                     # the retry is refused as a duplicate, then finds it
     assert list(h.world.topics(h.hub)) == [topic]
     cover, post = h.world.posts(h.hub, topic)
@@ -262,12 +268,7 @@ async def test_a_person_renamed_while_its_topic_was_unrecorded_gets_that_topic_r
 
     import persons
 
-    service, chat, [message] = await world_with_chat(h)
-    person = await make_person(pool, "Person 1")
-    await due(pool, person, await analysed(pool, chat, message))
-    h.world.fail("CreateForumTopicRequest", "ConnectionError", accept=True)  # created; answer lost
-    await service.uploader.post_due()
-    [topic] = h.world.topics(h.hub)
+    service, person, topic = await topic_created_but_answer_lost(h, pool, "Person 1")
     # Meanwhile the operator names the person; with no topic recorded, Telegram has nothing to do.
     with psycopg.connect(dlib_db, autocommit=True) as conn:
         persons.rename_person(conn, person, "Barack Obama")
