@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,6 +94,7 @@ def start_embedded(pgdata: Path, dbname: str) -> Server:
 
     pgdata = pgdata.resolve()
     pgdata.parent.mkdir(parents=True, exist_ok=True)
+    _forget_dead_users(pgdata)
     try:
         handle = pgserver.get_server(pgdata, cleanup_mode="stop")
     except Exception as exc:  # pgserver raises subprocess errors with the server log in its logger
@@ -110,6 +112,42 @@ def start_embedded(pgdata: Path, dbname: str) -> Server:
     params["dbname"] = dbname
     params["application_name"] = "face_archiver"
     return Server(make_conninfo(**params), embedded=True, _embedded_handle=handle)
+
+
+def _forget_dead_users(pgdata: Path) -> None:
+    """Take processes that are gone off pgserver's list of the server's users.
+
+    pgserver stops the embedded server when the last process using it exits, counting them in
+    `.handle_pids.json`. A process killed with SIGKILL (or by the OOM killer) never takes itself
+    off, so no later process is ever the last one and the server would run on after the daemon
+    and the dashboard have exited. Done under pgserver's own inter-process lock (the one it
+    holds while it updates that list), so a process joining meanwhile is not dropped.
+    """
+    import json
+
+    from pgserver.postgres_server import PostgresServer
+
+    path = pgdata / ".handle_pids.json"
+    with PostgresServer._lock:  # pgserver 0.1.4's lock (requirements.txt pins the version)
+        try:
+            pids = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return
+        alive = [pid for pid in pids if _running(pid)]
+        if alive != pids:
+            logger.info("embedded PostgreSQL: forgetting %d process(es) that exited without "
+                        "saying so", len(pids) - len(alive))
+            path.write_text(json.dumps(alive))
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # no signal: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, as another user's process
+        return True
+    return True
 
 
 # --------------------------------------------------------------------------------------------

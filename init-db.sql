@@ -14,7 +14,8 @@ CREATE TABLE schema_migrations (
     name TEXT NOT NULL,
     applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
 );
-INSERT INTO schema_migrations (version, name) VALUES (1, 'seed_schema'), (2, 'face_archiver');
+INSERT INTO schema_migrations (version, name) VALUES (1, 'seed_schema'), (2, 'face_archiver'),
+                                                     (3, 'topic_request');
 
 -- The face engine that made the stored embeddings (one row at most). Embeddings of two models
 -- are not comparable, so the application refuses to start with another engine.
@@ -64,7 +65,9 @@ CREATE TABLE telegram_topics (
     hub_chat_id BIGINT,                               -- the hub its topic lives in
     topic_title TEXT,                                 -- the title as it is on Telegram
     cover_message_id BIGINT,                          -- the cover crop posted first in the topic
-    created_at TIMESTAMPTZ NOT NULL DEFAULT now()
+    created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    topic_request_random_id BIGINT,                   -- a topic request sent, its answer not recorded
+    topic_request_title TEXT                          -- ... and the title it asked for
 );
 CREATE INDEX idx_topics_label ON telegram_topics(label);
 CREATE INDEX idx_topics_last_seen ON telegram_topics(last_seen DESC);

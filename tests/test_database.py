@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
 import threading
+import time
+from pathlib import Path
 
 import numpy as np
 import psycopg
@@ -281,3 +289,48 @@ async def test_the_pool_survives_a_database_restart(pool, pg_server):
         cur = await conn.execute("SELECT %s::vector <=> %s::vector",
                                  (np.array([1, 0], dtype=np.float32), np.array([0, 1], dtype=np.float32)))
         assert (await cur.fetchone())[0] == pytest.approx(1.0)
+
+
+# --- the embedded server ---------------------------------------------------------------------
+
+_USE_EMBEDDED = """
+import sys, time
+from pathlib import Path
+sys.path.insert(0, sys.argv[2])
+import database
+database.start_embedded(Path(sys.argv[1]), "face_archiver")
+print("up", flush=True)
+if sys.argv[3] == "stay":
+    time.sleep(300)
+"""
+
+
+def _use_embedded(pgdata: Path, then: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", _USE_EMBEDDED, str(pgdata), str(ROOT), then],
+                            stdout=subprocess.PIPE, text=True)
+
+
+def test_the_embedded_server_stops_with_its_last_user_even_after_one_was_killed():
+    base = Path(tempfile.mkdtemp(prefix="fa-embedded-"))
+    os.chmod(base, 0o755)  # as root, pgserver runs postgres as another user that must reach it
+    pgdata = base / "postgres"
+    postmaster = None
+    try:
+        killed = _use_embedded(pgdata, "stay")
+        assert killed.stdout.readline().strip() == "up"
+        postmaster = int((pgdata / "postmaster.pid").read_text().split()[0])
+        killed.kill()                         # SIGKILL: no chance to stop the server or say so
+        killed.wait()
+        assert database._running(postmaster)
+        # The next run joins the server and exits normally: it is the last user, so it stops it.
+        nxt = _use_embedded(pgdata, "exit")
+        assert nxt.stdout.readline().strip() == "up" and nxt.wait(timeout=60) == 0
+        deadline = time.monotonic() + 20
+        while database._running(postmaster) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not database._running(postmaster), "the embedded PostgreSQL was left running"
+    finally:
+        if postmaster is not None and database._running(postmaster):
+            os.kill(postmaster, signal.SIGINT)  # fast shutdown
+            time.sleep(2)
+        shutil.rmtree(base, ignore_errors=True)
