@@ -41,6 +41,13 @@ def pg_server():
     server = pgserver.get_server(base / "pgdata", cleanup_mode="delete")
     yield server
     try:
+        # Stopped here, not by cleanup(): that checks the postmaster it started, and a test that
+        # restarted the server (test_database) left it a dead one, so it deleted the directory
+        # of a server that ran on.
+        pgserver.pg_ctl(["-w", "stop", "-m", "fast"], pgdata=server.pgdata, user=server.system_user)
+    except Exception:  # already stopped
+        pass
+    try:
         server.cleanup()
     except OSError:  # a postgres process that pg_ctl had to kill still wrote while it was removed
         time.sleep(2)
