@@ -495,3 +495,21 @@ def test_search_by_photo_refuses_what_is_not_a_photo(db):
     at = signed_in("search")
     at.file_uploader[0].set_value(("notes.jpg", b"these are not pixels", "image/jpeg")).run()
     assert "cannot be read as a photo" in at.error[0].value
+
+
+def test_a_process_spawned_where_the_dashboard_is_main_does_not_run_it(clean_env, tmp_path):
+    """multiprocessing's "spawn" runs the parent's __main__ file again, as __mp_main__, in the new
+    process (a process that ran the dashboard has it as __main__: AppTest leaves it so). That
+    copy must start nothing: it used to open a dashboard and an embedded database in ./data."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    clean_env.setenv("DATA_DIR", str(tmp_path / "data"))
+    clean_env.setenv("DASHBOARD_PASSWORD", PASSWORD)
+    code = "import runpy, sys; sys.path.insert(0, sys.argv[2]); runpy.run_path(sys.argv[1], run_name='__mp_main__')"
+    done = subprocess.run([sys.executable, "-c", code, str(ROOT / "dashboard.py"), str(ROOT)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert not (tmp_path / "data").exists(), "the spawned copy started an embedded database"
