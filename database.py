@@ -120,8 +120,10 @@ def _forget_dead_users(pgdata: Path) -> None:
     pgserver stops the embedded server when the last process using it exits, counting them in
     `.handle_pids.json`. A process killed with SIGKILL (or by the OOM killer) never takes itself
     off, so no later process is ever the last one and the server would run on after the daemon
-    and the dashboard have exited. Done under pgserver's own inter-process lock (the one it
-    holds while it updates that list), so a process joining meanwhile is not dropped.
+    and the dashboard have exited. With no server running (after a reboot, say) nobody uses it,
+    whatever the list says: its process ids may belong to other programs by now. Done under
+    pgserver's own inter-process lock (the one it holds while it updates that list), so a
+    process joining meanwhile is not dropped.
     """
     import json
 
@@ -133,11 +135,18 @@ def _forget_dead_users(pgdata: Path) -> None:
             pids = json.loads(path.read_text())
         except (OSError, ValueError):
             return
-        alive = [pid for pid in pids if _running(pid)]
+        alive = [pid for pid in pids if _running(pid)] if _server_running(pgdata) else []
         if alive != pids:
             logger.info("embedded PostgreSQL: forgetting %d process(es) that exited without "
                         "saying so", len(pids) - len(alive))
             path.write_text(json.dumps(alive))
+
+
+def _server_running(pgdata: Path) -> bool:
+    try:
+        return _running(int((pgdata / "postmaster.pid").read_text().split()[0]))
+    except (OSError, ValueError, IndexError):
+        return False
 
 
 def _running(pid: int) -> bool:

@@ -334,3 +334,26 @@ def test_the_embedded_server_stops_with_its_last_user_even_after_one_was_killed(
             os.kill(postmaster, signal.SIGINT)  # fast shutdown
             time.sleep(2)
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_the_embedded_server_stops_after_a_reboot_left_its_list_of_users_behind():
+    base = Path(tempfile.mkdtemp(prefix="fa-embedded-"))
+    os.chmod(base, 0o755)
+    pgdata = base / "postgres"
+    postmaster = None
+    try:
+        first = _use_embedded(pgdata, "exit")    # makes the data directory; stops the server
+        assert first.stdout.readline().strip() == "up" and first.wait(timeout=60) == 0
+        # A reboot: the list still names a process, and that id now belongs to another program.
+        (pgdata / ".handle_pids.json").write_text("[1]")
+        run = _use_embedded(pgdata, "exit")       # starts the server, the only user, and exits
+        assert run.stdout.readline().strip() == "up" and run.wait(timeout=60) == 0
+        if (pgdata / "postmaster.pid").exists():
+            postmaster = int((pgdata / "postmaster.pid").read_text().split()[0])
+        assert postmaster is None or not database._running(postmaster), \
+            "the embedded PostgreSQL was left running"
+    finally:
+        if postmaster is not None and database._running(postmaster):
+            os.kill(postmaster, signal.SIGINT)
+            time.sleep(2)
+        shutil.rmtree(base, ignore_errors=True)
