@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,6 +127,7 @@ def _forget_dead_users(pgdata: Path) -> None:
     import json
 
     from pgserver.postgres_server import PostgresServer
+    from pgserver.utils import PostmasterInfo, process_is_running
 
     path = pgdata / ".handle_pids.json"
     with PostgresServer._lock:  # pgserver 0.1.4's lock (requirements.txt pins the version)
@@ -135,28 +135,12 @@ def _forget_dead_users(pgdata: Path) -> None:
             pids = json.loads(path.read_text())
         except (OSError, ValueError):
             return
-        alive = [pid for pid in pids if _running(pid)] if _server_running(pgdata) else []
+        server = PostmasterInfo.read_from_pgdata(pgdata)  # as pgserver itself tells
+        alive = [pid for pid in pids if process_is_running(pid)] if server and server.is_running() else []
         if alive != pids:
             logger.info("embedded PostgreSQL: forgetting %d process(es) that exited without "
                         "saying so", len(pids) - len(alive))
             path.write_text(json.dumps(alive))
-
-
-def _server_running(pgdata: Path) -> bool:
-    try:
-        return _running(int((pgdata / "postmaster.pid").read_text().split()[0]))
-    except (OSError, ValueError, IndexError):
-        return False
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)  # no signal: only asks whether the process exists
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # it exists, as another user's process
-        return True
-    return True
 
 
 # --------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import psycopg
 import pytest
+from pgserver.utils import process_is_running
 
 import database
 from conftest import ROOT
@@ -321,16 +322,16 @@ def test_the_embedded_server_stops_with_its_last_user_even_after_one_was_killed(
         postmaster = int((pgdata / "postmaster.pid").read_text().split()[0])
         killed.kill()                         # SIGKILL: no chance to stop the server or say so
         killed.wait()
-        assert database._running(postmaster)
+        assert process_is_running(postmaster)
         # The next run joins the server and exits normally: it is the last user, so it stops it.
         nxt = _use_embedded(pgdata, "exit")
         assert nxt.stdout.readline().strip() == "up" and nxt.wait(timeout=60) == 0
         deadline = time.monotonic() + 20
-        while database._running(postmaster) and time.monotonic() < deadline:
+        while process_is_running(postmaster) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert not database._running(postmaster), "the embedded PostgreSQL was left running"
+        assert not process_is_running(postmaster), "the embedded PostgreSQL was left running"
     finally:
-        if postmaster is not None and database._running(postmaster):
+        if postmaster is not None and process_is_running(postmaster):
             os.kill(postmaster, signal.SIGINT)  # fast shutdown
             time.sleep(2)
         shutil.rmtree(base, ignore_errors=True)
@@ -350,10 +351,10 @@ def test_the_embedded_server_stops_after_a_reboot_left_its_list_of_users_behind(
         assert run.stdout.readline().strip() == "up" and run.wait(timeout=60) == 0
         if (pgdata / "postmaster.pid").exists():
             postmaster = int((pgdata / "postmaster.pid").read_text().split()[0])
-        assert postmaster is None or not database._running(postmaster), \
+        assert postmaster is None or not process_is_running(postmaster), \
             "the embedded PostgreSQL was left running"
     finally:
-        if postmaster is not None and database._running(postmaster):
+        if postmaster is not None and process_is_running(postmaster):
             os.kill(postmaster, signal.SIGINT)
             time.sleep(2)
         shutil.rmtree(base, ignore_errors=True)
