@@ -173,6 +173,12 @@ def person_name(label: str, hidden: bool = False) -> str:
     return f"{label} (hidden)" if hidden else label
 
 
+def person_link(person_id: int, label: str, hidden: bool = False, **options: Any) -> None:
+    """A link to a person's page, labelled with its name (escaped: page links read Markdown)."""
+    st.page_link(PERSON_PAGE, label=md(person_name(label, hidden)),
+                 query_params={"person": str(person_id)}, **options)
+
+
 _MARKDOWN_INLINE = re.compile(r"([\\`*_\[\]<>~$:|])")       # emphasis, links, HTML, maths, :colour[]
 _MARKDOWN_LINE_START = re.compile(r"^(\s*(?:\d+)?)([#>+.)-])", re.MULTILINE)  # headings, quotes, lists
 

@@ -39,8 +39,7 @@ for start in range(0, len(persons), PER_ROW):
         with col.container(border=True):
             if person["cover"]:
                 st.image(person["cover"], width="stretch")
-            st.page_link(app.PERSON_PAGE, label=app.md(app.person_name(person["label"], person["hidden"])),
-                         query_params={"person": str(person["id"])})
+            app.person_link(person["id"], person["label"], person["hidden"])
             # Short lines: a tile is narrow, and a date broken over two lines is hard to read.
             # First and last seen are the dates of the messages its faces are in.
             st.caption(f"{app.plural(person['faces'], 'face')} · {person['media']} media  \n"

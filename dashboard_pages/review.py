@@ -27,8 +27,7 @@ def person_tile(column, person: dict, caption: str = "") -> None:
     with column:
         if person["cover"]:
             st.image(person["cover"], width=120)
-        st.page_link(app.PERSON_PAGE, label=app.md(app.person_name(person["label"], person["hidden"])),
-                     query_params={"person": str(person["id"])})
+        app.person_link(person["id"], person["label"], person["hidden"])
         st.caption(f"{app.plural(person['faces'], 'face')}" + (f" · {caption}" if caption else ""))
 
 

@@ -57,7 +57,6 @@ for number, face in enumerate(faces, start=1):
             with column:
                 if person["cover"]:
                     st.image(person["cover"], width=120)
-                st.page_link(app.PERSON_PAGE, label=app.md(app.person_name(person["label"], person["hidden"])),
-                             query_params={"person": str(person["id"])})
+                app.person_link(person["id"], person["label"], person["hidden"])
                 verdict = "likely" if match["similarity"] >= threshold else "below the threshold"
                 st.caption(f"similarity {match['similarity']:.3f} · {verdict}")
