@@ -71,17 +71,8 @@ logger = logging.getLogger(__name__)
 # pg_advisory_xact_lock key ("FAPERSON"): person creation and pending-pool changes.
 PERSONS_LOCK = 0x46_41_50_45_52_53_4F_4E
 
-# hnsw.ef_search, from bench/bench_match.py (all figures in its docstring). 200k synthetic 512-d
-# faces, HNSW m=16 ef_construction=200 (migrations/0002), pgvector 0.6.2, 2 cores, the matcher's
-# query (k=16, similarity floor 0.4375), p95 / recall@10 / recall of the neighbours at or above
-# the floor (the only ones the matcher looks at):
-#   ef_search  40:  6.7 ms, 0.725, 0.992    ef_search 100: 11.2 ms, 0.802, 0.998
-#   ef_search  64:  8.1 ms, 0.765, 0.997    ef_search 200: 18.4 ms, 0.864, 0.999
-# 100 is the most recall within issue 4's 15 ms p95. The raw recall@10 goal (0.95) is out of
-# reach at that latency, and m=32 does not buy it (m=32 ef_construction=128, ef_search 200:
-# 35 ms, 0.928): the misses are faces of other people below the similarity floor (0.998 of
-# those at or above it are found), which the matcher discards anyway. With the index in
-# shared_buffers (1 GB) ef_search 100 takes 7.6 ms.
+# hnsw.ef_search: the most recall within issue 4's 15 ms p95 at 200k faces, chosen with
+# bench/bench_match.py (its docstring has the figures and why recall@10 stays below 0.95).
 DEFAULT_EF_SEARCH = 100
 
 
