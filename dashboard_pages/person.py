@@ -43,10 +43,9 @@ if person is None:
     st.page_link(app.GALLERY_PAGE, label="All persons", icon=":material/groups:")
     st.stop()
 if person["merged_into"] is not None:
-    st.title(person["label"])
-    st.info(f"Merged into «{person['merged_into_label']}»: its faces and posts are there now.")
-    st.page_link(app.PERSON_PAGE, label=person["merged_into_label"], icon=":material/person:",
-                 query_params={"person": str(person["merged_into"])})
+    st.title(app.md(person["label"]))
+    st.info(f"Merged into «{app.md(person['merged_into_label'])}»: its faces and posts are there now.")
+    app.person_link(person["merged_into"], person["merged_into_label"], icon=":material/person:")
     st.stop()
 
 # --- who ---------------------------------------------------------------------------------------

@@ -272,6 +272,12 @@ def test_names_from_telegram_and_labels_are_shown_as_typed_not_as_markdown(db):
     at = signed_in("person", person=str(person))
     assert [t.value for t in at.title] == [literal]
     assert any(r"\# \_Chat\_ \[x\](y) · message" in c.value for c in at.caption)
+    # ... and on the page of a person merged into it.
+    [other] = db.execute("INSERT INTO telegram_topics (label, merged_into) VALUES ('*x*', %s) RETURNING id",
+                         (person,)).fetchone()
+    at = signed_in("person", person=str(other))
+    assert [t.value for t in at.title] == [r"\*x\*"] and [link.label for link in at.page_link] == [literal]
+    assert literal in at.info[0].value
 
 
 def test_a_persons_page_shows_faces_media_and_sources(db):
