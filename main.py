@@ -382,7 +382,8 @@ async def build_components(settings: config.Settings, role: str, pool, conninfo:
             JobQueue(pool, lease_seconds=tuning.lease_seconds),
             config=worker_config(settings, tuning, staging_dir=settings.staging_path if downloader else None),
             policy=RetryPolicy.standard(), analyser=analyser, matcher=matcher,
-            downloader=downloader, account_ids=telegram.account_ids if downloader else None)
+            downloader=downloader, account_ids=telegram.account_ids if downloader else None,
+            account_online=telegram.registry.is_connected if downloader else None)
         components.append(Component("workers", workers.run, workers.stop, restartable=False))
     return components
 

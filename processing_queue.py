@@ -145,8 +145,9 @@ class RetryPolicy:
       `backoff_base` seconds, without counting an attempt, however long the outage lasts;
     - any other error is retried after `backoff_base * 2**(attempt-1)` seconds (at most
       `backoff_cap`, ± `jitter`) until `max_attempts` attempts have failed;
-    - a job claimed `max_claims` times without finishing (every process that took it died) is
-      failed, so one poisonous file cannot take the daemon down for ever.
+    - a job claimed `max_claims` times without being settled (every process that took it died:
+      waiting for an outage or a flood wait gives its claim back) is failed, so one poisonous
+      file cannot take the daemon down for ever.
     """
 
     max_attempts: int = 5
@@ -403,8 +404,11 @@ class WorkerPool:
 
     def __init__(self, queue: JobQueue, *, config: WorkerConfig, policy: RetryPolicy,
                  analyser: Analyser | None = None, matcher: Matcher | None = None,
-                 downloader: Downloader | None = None, account_ids: Callable[[], list[int]] | None = None):
-        """`account_ids()`: the accounts whose downloads this process can do (the clients it holds)."""
+                 downloader: Downloader | None = None, account_ids: Callable[[], list[int]] | None = None,
+                 account_online: Callable[[int], bool] | None = None):
+        """`account_ids()`: the accounts whose downloads this process can do (the clients it holds);
+        `account_online(id)`: whether that account's client is connected now. The downloads of an
+        account that is offline are not claimed: they wait, untouched, for the connection."""
         if analyser is not None and matcher is None:
             raise ValueError("an analyser needs a matcher to store what it finds")
         self.queue = queue
@@ -414,6 +418,7 @@ class WorkerPool:
         self.matcher = matcher
         self.downloader = downloader
         self.account_ids = account_ids or (lambda: [])
+        self.account_online = account_online or (lambda account_id: True)
         self.stats = QueueStats()
         self._stopping = asyncio.Event()
         self._running: dict[int, asyncio.Task] = {}
@@ -481,7 +486,7 @@ class WorkerPool:
     async def _claim(self, stage: str, free: int) -> list[Job]:
         if stage == "analyse":
             return await self.queue.claim_staged(free)
-        accounts = self.account_ids()
+        accounts = [a for a in self.account_ids() if self.account_online(a)]
         if not accounts or await self.queue.staged_backlog() >= self.config.max_staged:
             return []
         return await self.queue.claim_downloads(free, accounts)
