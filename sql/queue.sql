@@ -187,6 +187,14 @@ SELECT status, count(*) AS jobs FROM media_jobs WHERE status IN ('queued', 'stag
 -- The status of each of the jobs %(job_ids)s (those that exist).
 SELECT id, status FROM media_jobs WHERE id = ANY(%(job_ids)s);
 
+-- name: queue_staging_owners
+-- For the staging cleanup: of the jobs %(job_ids)s (those that exist), whether it is over, the
+-- file the daemon downloaded for it (staged_owned: not an operator's export file), whether it is a
+-- Telegram download, and whether a process holds it now.
+SELECT id, status IN ('done', 'failed', 'skipped') AS finished, staged_owned, staged_path,
+       account_id IS NOT NULL AS downloaded, coalesce(lease_expires_at > now(), FALSE) AS leased
+FROM media_jobs WHERE id = ANY(%(job_ids)s);
+
 -- name: queue_record_metrics
 -- Counters of this process since its last report, one processing_metrics row each.
 INSERT INTO processing_metrics (metric_name, metric_value)
