@@ -153,8 +153,7 @@ async def start_analysis(settings: config.Settings):
         await asyncio.to_thread(download_insightface_models, settings.models_path)
     processor = FaceProcessor(settings.face_engine, models_dir=settings.models_path,
                               min_quality=settings.min_quality_threshold)
-    mode = "thread" if settings.face_engine == "insightface" else "process"
-    analyser = AnalysisPool(processor, workers=settings.num_workers, mode=mode,
+    analyser = AnalysisPool(processor, workers=settings.num_workers,
                             frame_rate=settings.video_frame_rate, max_seconds=settings.video_max_seconds,
                             timeout=300 + settings.video_max_seconds * settings.video_frame_rate * 3)
     await analyser.start()
