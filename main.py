@@ -444,6 +444,9 @@ async def build_components(settings: config.Settings, role: str, pool, conninfo:
             downloader=downloader, account_ids=telegram.account_ids if downloader else None,
             account_online=telegram.registry.is_connected if downloader else None)
         components.append(Component("workers", workers.run, workers.stop, restartable=False))
+    from retention import Retention, RetentionSettings
+    retention = Retention(pool, RetentionSettings.from_settings(settings))
+    components.append(Component("retention", retention.run, retention.stop))
     return components
 
 
