@@ -97,12 +97,12 @@ class Settings(BaseSettings):
         90, ge=1, le=3650, description="Resolved errors older than this are deleted (those of failed work stay)")
     pending_face_days: int = Field(
         180, ge=0, le=36500, description="Pending faces that met nobody in this many days are deleted (0: never)")
-    health_telegram_seconds: int = Field(
-        600, ge=30, le=86400, description="`main.py health` fails when Telegram was unreachable this long")
+    health_outage_seconds: int = Field(
+        600, ge=10, le=86400, description="`main.py health` fails when Telegram or the database was unreachable this long")
     health_queue_seconds: int = Field(
-        3600, ge=60, le=604800, description="... or the queue held work but finished none this long")
+        3600, ge=10, le=604800, description="... or the queue held due work but finished none this long")
     health_posts_seconds: int = Field(
-        3600, ge=60, le=604800, description="... or posts have been failing (none succeeding) this long")
+        3600, ge=10, le=604800, description="... or posts have been failing (none succeeding) this long")
 
     # --- Files ------------------------------------------------------------------------------
     data_dir: Path = Field(Path("data"), description="Embedded database, staging area and update flag")

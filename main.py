@@ -96,18 +96,17 @@ def heartbeat_path(settings: config.Settings) -> Path:
 
 
 def cmd_health(settings: config.Settings, max_age: float) -> int:
-    """Exit 0 if a daemon touched DATA_DIR/heartbeat in the last `max_age` seconds."""
+    """Exit 0 if a daemon touched DATA_DIR/heartbeat in the last `max_age` seconds and what it saw
+    is well (health.py: Telegram and the database reachable, the queue moving, posts going out)."""
+    import health
+
     path = heartbeat_path(settings)
-    try:
-        age = time.time() - path.stat().st_mtime
-    except FileNotFoundError:
-        print(f"unhealthy: no heartbeat file {path} (the daemon is not running, or is still starting)")
+    found = health.read_problems(path, settings, max_age=max_age)
+    for problem in found:
+        print(f"unhealthy: {problem}")
+    if found:
         return EXIT_FAILURE
-    if age > max_age:
-        print(f"unhealthy: the heartbeat {path} is {age:.0f} s old (more than {max_age:.0f} s): "
-              f"the daemon is stuck or stopped; see its log")
-        return EXIT_FAILURE
-    print(f"healthy: heartbeat {age:.0f} s ago")
+    print(f"healthy: heartbeat {time.time() - path.stat().st_mtime:.0f} s ago")
     return EXIT_OK
 
 
@@ -359,9 +358,9 @@ async def supervise(component: Component, shutdown: Shutdown, tuning: Tuning) ->
 
 
 async def control(components: list[Component], shutdown: Shutdown, settings: config.Settings,
-                  role: str, tuning: Tuning, tasks: dict[str, asyncio.Task]) -> None:
-    """The daemon's own loop: heartbeat file, update flag; on shutdown, stop the components and
-    make sure they are gone by the deadline."""
+                  role: str, tuning: Tuning, tasks: dict[str, asyncio.Task], watch=None) -> None:
+    """The daemon's own loop: heartbeat file (with what `watch`, a health.HealthWatch, sees), update
+    flag; on shutdown, stop the components and make sure they are gone by the deadline."""
     from update_handler import UpdateFlag
 
     flag = UpdateFlag(settings.update_flag_path)
@@ -370,7 +369,7 @@ async def control(components: list[Component], shutdown: Shutdown, settings: con
     while not shutdown.requested.is_set():
         now = time.monotonic()
         if now >= next_beat:
-            touch_heartbeat(beat, role)
+            touch_heartbeat(beat, role, await _health_facts(watch))
             next_beat = now + tuning.heartbeat_interval
         if now >= next_flag:
             if flag.is_set():  # a safe point: nothing is half-done between these checks
@@ -405,18 +404,28 @@ async def control(components: list[Component], shutdown: Shutdown, settings: con
         flag.clear()
 
 
-def touch_heartbeat(path: Path, role: str) -> None:
+async def _health_facts(watch) -> dict[str, Any] | None:
+    if watch is None:
+        return None
+    try:
+        return await asyncio.wait_for(watch.facts(), 5.0)
+    except TimeoutError:
+        return {"started": watch.started, "database_unreachable_since": time.time()}
+
+
+def touch_heartbeat(path: Path, role: str, facts: dict[str, Any] | None = None) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + f".{os.getpid()}")
-        tmp.write_text(json.dumps({"pid": os.getpid(), "role": role, "at": time.time()}))
+        tmp.write_text(json.dumps({"pid": os.getpid(), "role": role, "at": time.time(), "facts": facts},
+                                  default=str))
         os.replace(tmp, path)
     except OSError as exc:
         logger.warning("cannot write the heartbeat file %s (%s): the health check will fail", path, exc)
 
 
 async def build_components(settings: config.Settings, role: str, pool, conninfo: str, hooks: Hooks,
-                           cleanup: list[Callable[[], Awaitable[None] | None]]) -> list[Component]:
+                           cleanup: list[Callable[[], Awaitable[None] | None]], watch=None) -> list[Component]:
     """The components of `role`. Raises `StartupError` for what the operator must fix."""
     from processing_queue import JobQueue, RetryPolicy, WorkerPool
 
@@ -435,6 +444,8 @@ async def build_components(settings: config.Settings, role: str, pool, conninfo:
         telegram = await start_telegram(settings, role, pool, conninfo, hooks)
         cleanup.append(telegram.close)
         components.extend(Component(name, run, stop) for name, run, stop in telegram.components())
+        if watch is not None:
+            watch.registry = telegram.registry
     downloader = telegram.downloader if telegram is not None else None
     if analyser is not None or downloader is not None:
         workers = WorkerPool(
@@ -451,7 +462,7 @@ async def build_components(settings: config.Settings, role: str, pool, conninfo:
 
 
 async def run_components(components: list[Component], shutdown: Shutdown, settings: config.Settings,
-                         role: str, tuning: Tuning) -> int:
+                         role: str, tuning: Tuning, watch=None) -> int:
     """Run every component as a named task until shutdown; one failing stops them all (exit 1)."""
     tasks: dict[str, asyncio.Task] = {}
     code = EXIT_OK
@@ -461,7 +472,7 @@ async def run_components(components: list[Component], shutdown: Shutdown, settin
                 tasks[component.name] = tg.create_task(supervise(component, shutdown, tuning),
                                                        name=component.name)
             tasks["control"] = tg.create_task(
-                control(components, shutdown, settings, role, tuning, tasks), name="control")
+                control(components, shutdown, settings, role, tuning, tasks, watch), name="control")
             logger.info("running: %s", ", ".join(tasks))
     except* ComponentFailed as group:
         for exc in group.exceptions:
@@ -544,11 +555,14 @@ async def _run(settings: config.Settings, role: str, prepared: database.Prepared
     pool = open_pool(prepared.server.conninfo, max_size=2 * settings.num_workers + 8)
     await pool.open(wait=True)
     cleanup: list[Callable[[], Awaitable[None] | None]] = []
+    from health import HealthWatch
+    watch = HealthWatch(pool)
     try:
-        components = await build_components(settings, role, pool, prepared.server.conninfo, hooks, cleanup)
+        components = await build_components(settings, role, pool, prepared.server.conninfo, hooks, cleanup,
+                                            watch=watch)
         if not components:
             raise StartupError(f"role {role} has nothing to do here")
-        code = await run_components(components, shutdown, settings, role, hooks.tuning)
+        code = await run_components(components, shutdown, settings, role, hooks.tuning, watch)
     except StartupError as exc:
         print(exc, file=sys.stderr)
         code = EXIT_CONFIG
