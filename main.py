@@ -183,6 +183,8 @@ class Tuning:
     heartbeat_interval: float = 15.0   # DATA_DIR/heartbeat is touched this often
     update_check_interval: float = 5.0
     restart_delay: float = 2.0         # first wait before restarting a component after a database outage
+    retry_backoff: float = 30.0        # the retry policy's first backoff (and an outage's wait)
+    download_timeout: float = 1800.0   # a download that hangs longer is a failed attempt
 
 
 @dataclass
@@ -226,7 +228,7 @@ def worker_config(settings: config.Settings, tuning: Tuning, **changes: Any):
     values = dict(analysis_slots=2 * settings.num_workers, download_slots=2,
                   max_staged=max(16, 4 * settings.num_workers), poll_interval=tuning.poll_interval,
                   grace=tuning.grace, metrics_interval=tuning.metrics_interval,
-                  max_media_bytes=settings.max_media_bytes)
+                  max_media_bytes=settings.max_media_bytes, download_timeout=tuning.download_timeout)
     return WorkerConfig(**values | changes)
 
 
@@ -272,7 +274,7 @@ async def _import(settings: config.Settings, prepared: database.Prepared, conten
         await pool.open(wait=True)
         workers = WorkerPool(JobQueue(pool, lease_seconds=tuning.lease_seconds),
                              config=worker_config(settings, tuning, poll_interval=0.2),
-                             policy=RetryPolicy.standard(), analyser=analyser, matcher=matcher)
+                             policy=RetryPolicy.standard(backoff_base=tuning.retry_backoff), analyser=analyser, matcher=matcher)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, lambda s=sig: (interrupted.append(s), workers.stop()))
@@ -451,7 +453,7 @@ async def build_components(settings: config.Settings, role: str, pool, conninfo:
         workers = WorkerPool(
             JobQueue(pool, lease_seconds=tuning.lease_seconds),
             config=worker_config(settings, tuning, staging_dir=settings.staging_path if downloader else None),
-            policy=RetryPolicy.standard(), analyser=analyser, matcher=matcher,
+            policy=RetryPolicy.standard(backoff_base=tuning.retry_backoff), analyser=analyser, matcher=matcher,
             downloader=downloader, account_ids=telegram.account_ids if downloader else None,
             account_online=telegram.registry.is_connected if downloader else None)
         components.append(Component("workers", workers.run, workers.stop, restartable=False))

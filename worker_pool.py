@@ -66,6 +66,7 @@ class WorkerConfig:
     grace: float = 20.0               # seconds running jobs get to finish when stopping
     metrics_interval: float = 60.0
     max_media_bytes: int | None = None
+    download_timeout: float | None = 1800.0   # a download hanging longer is a failed attempt
     staging_dir: Path | None = None   # orphaned staged files here are removed at start
 
 
@@ -220,7 +221,11 @@ class WorkerPool(Stoppable):
         limit = self.config.max_media_bytes
         if limit is not None and job.file_size is not None and job.file_size > limit:
             raise JobSkipped(f"{job.file_size / 2**20:.0f} MB is more than MAX_MEDIA_SIZE_MB")
-        path = await self.downloader.download(job)
+        try:
+            path = await asyncio.wait_for(self.downloader.download(job), self.config.download_timeout)
+        except TimeoutError as exc:
+            raise TimeoutError(f"downloading took more than {self.config.download_timeout:.0f} s "
+                               f"({first_line(exc) if str(exc) else 'no answer'})") from exc
         await asyncio.shield(self.queue.mark_staged(job, path))
         self.stats.media_downloaded += 1
         return f"downloaded to {path}"

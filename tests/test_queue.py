@@ -118,7 +118,8 @@ def make_pool(pool, *, lease: float = 5.0, policy: RetryPolicy = FAST, owner: st
     config = WorkerConfig(analysis_slots=kw.pop("slots", 2), download_slots=kw.pop("download_slots", 2),
                           poll_interval=0.1,
                           grace=kw.pop("grace", 5.0), metrics_interval=kw.pop("metrics_interval", 60.0),
-                          max_media_bytes=kw.pop("max_media_bytes", None), staging_dir=kw.pop("staging_dir", None))
+                          max_media_bytes=kw.pop("max_media_bytes", None), staging_dir=kw.pop("staging_dir", None),
+                          download_timeout=kw.pop("download_timeout", 30.0))
     return WorkerPool(JobQueue(pool, owner=owner, lease_seconds=lease), config=config, policy=policy, **kw)
 
 

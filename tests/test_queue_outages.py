@@ -116,3 +116,25 @@ async def test_the_downloads_of_an_account_that_is_not_active_wait_for_it(pool, 
                         matcher=matcher, policy=OUTAGE_POLICY)
     await run_until(workers, dlib_db, [waiting])
     assert job_row(dlib_db, waiting)["status"] == "done"
+
+
+class HangingDownloader(Downloader):
+    """The first download of each job never answers (a connection that died silently)."""
+
+    async def download(self, job):
+        if job.id not in self.calls:
+            self.calls.append(job.id)
+            await asyncio.Event().wait()
+        return await super().download(job)
+
+
+async def test_a_download_that_never_answers_is_given_up_and_tried_again(pool, dlib_db, matcher, faces_dir, tmp_path):
+    account = add_account(dlib_db, "+1")
+    jobs = [add_job(dlib_db, i, status="queued", account_id=account) for i in range(3)]
+    downloader = HangingDownloader(tmp_path, faces_dir / PHOTO)
+    workers = make_pool(pool, downloader=downloader, account_ids=lambda: [account], analyser=Analyser(),
+                        matcher=matcher, policy=OUTAGE_POLICY, download_timeout=0.5)
+    await run_until(workers, dlib_db, jobs, timeout=20)
+    rows = [job_row(dlib_db, j) for j in jobs]
+    assert [r["status"] for r in rows] == ["done"] * 3 and sorted(downloader.calls) == sorted(jobs * 2)
+    assert {e["error_type"] for e in errors(dlib_db)} == {"TimeoutError"}   # recorded, then done
