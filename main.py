@@ -9,6 +9,7 @@
                                                                  queue failed jobs and posts again
     python main.py remove-chat CHAT_ID [--account ID] [--drop-data --yes]
                                                                  stop watching a chat (and forget it)
+    python main.py forget PERSON_ID --yes                        erase a person (faces, crops, posts)
 
 Roles share one database, so they can run as separate processes, on separate machines:
 - `worker`: face analysis of downloaded media (any number of these; they need the staging area);
@@ -166,6 +167,27 @@ def cmd_remove_chat(settings: config.Settings, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_forget(settings: config.Settings, args: argparse.Namespace) -> int:
+    """Erase a person: its faces, crops and embeddings; its posts withdrawn, its topic closed."""
+    import erasure
+
+    if not args.yes:
+        print(f"this deletes every face of person {args.person_id} and withdraws its posts; it cannot "
+              f"be undone: add --yes to do it", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        with _recovery_connection(settings) as conn:
+            forgotten = erasure.forget_person(conn, args.person_id)
+    except erasure.ErasureError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_CONFIG
+    except database.DatabaseError as exc:
+        print(f"database: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(forgotten)
+    return EXIT_OK
+
+
 # --------------------------------------------------------------------------------------------
 # Shared construction
 
@@ -185,6 +207,7 @@ class Tuning:
     restart_delay: float = 2.0         # first wait before restarting a component after a database outage
     retry_backoff: float = 30.0        # the retry policy's first backoff (and an outage's wait)
     download_timeout: float = 1800.0   # a download that hangs longer is a failed attempt
+    startup_db_wait: float = 300.0     # at start, wait this long for a database that is not up yet
 
 
 @dataclass
@@ -540,11 +563,31 @@ class StartupError(Exception):
 def cmd_run(settings: config.Settings, role: str, hooks: Hooks) -> int:
     """The daemon; see the module docstring for roles and exit codes."""
     try:
-        prepared = prepare_database(settings)
+        prepared = wait_for_database(settings, hooks.tuning.startup_db_wait)
     except database.DatabaseError as exc:
         print(f"database: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     return asyncio.run(_run(settings, role, prepared, hooks))
+
+
+def wait_for_database(settings: config.Settings, patience: float) -> database.Prepared:
+    """`prepare_database`, waiting up to `patience` seconds for a server that cannot be reached
+    yet (restarting, still starting up after a power cut): the daemon starts by itself once it
+    is back. Anything else (a wrong engine, a failed migration) raises at once."""
+    import psycopg
+
+    started = time.monotonic()
+    delay = 1.0
+    while True:
+        try:
+            return prepare_database(settings)
+        except database.DatabaseError as exc:
+            if not isinstance(exc.__cause__, psycopg.OperationalError) or time.monotonic() - started > patience:
+                raise
+            logger.warning("the database cannot be reached yet (%s); trying again in %.0f s",
+                           str(exc).splitlines()[0], delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 15.0)
 
 
 async def _run(settings: config.Settings, role: str, prepared: database.Prepared, hooks: Hooks) -> int:
@@ -607,6 +650,9 @@ def build_parser() -> argparse.ArgumentParser:
     remove.add_argument("--drop-data", action="store_true",
                         help="also delete its jobs, errors, and the faces of media seen only there")
     remove.add_argument("--yes", action="store_true", help="confirm --drop-data")
+    forget = sub.add_parser("forget", help="erase a person: faces, crops, embeddings; posts withdrawn")
+    forget.add_argument("person_id", type=int, metavar="PERSON_ID", help="as in the dashboard's person page")
+    forget.add_argument("--yes", action="store_true", help="confirm: it cannot be undone")
     return parser
 
 
@@ -630,6 +676,8 @@ def main(argv: list[str] | None = None, hooks: Hooks | None = None) -> int:
         return cmd_retry(settings, args)
     if args.command == "remove-chat":
         return cmd_remove_chat(settings, args)
+    if args.command == "forget":
+        return cmd_forget(settings, args)
     if args.command == "import":
         return cmd_import(settings, args.export_dir, hooks)
     return cmd_run(settings, getattr(args, "role", "all"), hooks)
