@@ -320,7 +320,8 @@ class WorkerPool(Stoppable):
                     await record_error(conn, exc, job_id=job.id, context=context | {"will_retry": True})
                 self.stats.jobs_retried += 1
                 logger.warning("%s: attempt %d of %d failed (%s); trying again in %.0f s", job,
-                               job.attempts + 1, self.policy.max_attempts, describe_error(exc),
+                               job.attempts + 1, self.policy.poison_attempts if isinstance(exc, self.policy.poison)
+                               else self.policy.max_attempts, describe_error(exc),
                                decision.delay, exc_info=None if isinstance(exc, OSError) else exc)
             else:
                 permanent = self.policy.is_permanent(exc)
