@@ -512,3 +512,28 @@ def test_job_kinds():
                 attempts=0, claims=0, staged_path=None, staged_owned=True)
     assert [Job(media_type=t, **base).kind for t in ("photo", "image", "video", "round", "gif")] == [
         "photo", "photo", "video", "video", "video"]
+
+
+async def test_the_one_stop_block_wakes_and_stops_a_loop_at_once():
+    from stoppable import Stoppable
+
+    class Loop(Stoppable):
+        def __init__(self):
+            super().__init__()
+            self.rounds = 0
+
+        async def run(self):
+            while not self.stopping:
+                self.rounds += 1
+                await self.pause(60)
+
+    loop = Loop()
+    task = asyncio.create_task(loop.run())
+    await asyncio.sleep(0.05)
+    loop.wake()                                       # work arrived: a round now, not in 60 s
+    await asyncio.sleep(0.05)
+    assert loop.rounds == 2
+    loop.stop()
+    async with asyncio.timeout(1):
+        await task
+    assert loop.rounds == 2 and await loop.until_stopped(60)
