@@ -357,6 +357,13 @@ class ComponentFailed(Exception):
     """A component stopped by itself; the daemon stops with it."""
 
 
+def _database_went_away(exc: BaseException, unavailable: tuple[type[BaseException], ...]) -> bool:
+    """`exc` is the database going away, also when a component's task group wrapped it."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_database_went_away(e, unavailable) for e in exc.exceptions)
+    return isinstance(exc, unavailable)
+
+
 async def supervise(component: Component, shutdown: Shutdown, tuning: Tuning) -> None:
     from processing_queue import DB_UNAVAILABLE
 
@@ -364,9 +371,13 @@ async def supervise(component: Component, shutdown: Shutdown, tuning: Tuning) ->
     while True:
         try:
             await component.run()
-        except DB_UNAVAILABLE as exc:
+        except Exception as exc:
+            if not _database_went_away(exc, DB_UNAVAILABLE):
+                raise ComponentFailed(f"{component.name} failed: {type(exc).__name__}: {exc}") from exc
             if not component.restartable or shutdown.requested.is_set():
                 raise
+            while isinstance(exc, BaseExceptionGroup):   # a component's own task group: its first leaf
+                exc = exc.exceptions[0]
             logger.warning("%s: the database is unavailable (%s); restarting it in %.0f s",
                            component.name, str(exc).strip().splitlines()[0] if str(exc).strip() else exc, delay)
             try:
@@ -375,8 +386,6 @@ async def supervise(component: Component, shutdown: Shutdown, tuning: Tuning) ->
             except TimeoutError:
                 delay = min(delay * 2, 60.0)
                 continue
-        except Exception as exc:
-            raise ComponentFailed(f"{component.name} failed: {type(exc).__name__}: {exc}") from exc
         if shutdown.requested.is_set():
             return
         raise ComponentFailed(f"{component.name} stopped by itself")

@@ -138,3 +138,31 @@ async def test_a_download_that_never_answers_is_given_up_and_tried_again(pool, d
     rows = [job_row(dlib_db, j) for j in jobs]
     assert [r["status"] for r in rows] == ["done"] * 3 and sorted(downloader.calls) == sorted(jobs * 2)
     assert {e["error_type"] for e in errors(dlib_db)} == {"TimeoutError"}   # recorded, then done
+
+
+async def test_a_component_whose_task_group_lost_the_database_is_restarted_not_the_daemon():
+    """A component running one task per account (the history sweeps) reports the database going
+    away wrapped in an ExceptionGroup; it is an outage all the same: restarted after a pause."""
+    import main
+
+    shutdown = main.Shutdown()
+    runs = []
+
+    async def run():
+        runs.append(1)
+        if len(runs) < 3:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(asyncio.sleep(0))
+                raise psycopg.OperationalError("server closed the connection unexpectedly")
+        await shutdown.requested.wait()
+
+    component = main.Component("history-sweeps", run, lambda: None)
+    task = asyncio.create_task(main.supervise(component, shutdown, main.Tuning(restart_delay=0.05)))
+    async with asyncio.timeout(5):
+        while len(runs) < 3:
+            assert not task.done() or task.result() is None
+            await asyncio.sleep(0.01)
+    shutdown.request("test over")
+    async with asyncio.timeout(5):
+        await task                                    # returned: no ComponentFailed
+    assert len(runs) == 3
