@@ -1,14 +1,19 @@
-"""Face analysis off the event loop, in a fixed number of worker processes (or threads).
+"""Face analysis off the event loop, in a fixed number of worker processes, whatever the engine.
 
-dlib holds the GIL while it computes, so threads give no parallelism with it (measured: two
-threads analyse at the speed of one); processes do. Each worker slot is its own one-process
-executor, so a job that runs too long, or whose caller is cancelled (shutdown), can be stopped by
-ending that one process without disturbing the others. Children:
-- load the model once, when the pool starts (`start()` raises if it cannot be loaded);
+Processes, not threads, for every engine: a file that hangs the decoder or the engine can only be
+stopped by ending the process it runs in (a thread past its timeout computes on for ever and keeps
+its slot), and a native crash on a hostile file (libav, onnxruntime, dlib: SIGSEGV, abort) must
+cost that one file, never the daemon. (dlib also holds the GIL, so threads would not even run it
+in parallel.) Each worker slot is its own one-process executor, so a job that runs too long, or
+whose caller is cancelled (shutdown), is stopped by ending that one process without disturbing
+the others; a slot whose process died or was ended gets a fresh one. Children:
+- load the model once per process (InsightFace's onnxruntime sessions too), when the pool starts
+  (`start()` raises if it cannot be loaded) or, for a replaced process, before its first file;
 - ignore SIGINT (Ctrl-C reaches the whole process group; the daemon decides how to stop);
 - exit by themselves when the daemon dies (kill -9 leaves no orphans computing on).
 
-Engines that release the GIL (onnxruntime) can use `mode="thread"` and skip the process start-up.
+A file whose analysis crashes or hangs its process raises `AnalysisCrashed` / `AnalysisTimeout`;
+the queue's retry policy tries it again once, then fails it as poison (retry_policy.py).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import os
 import signal
 import threading
 import time
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -99,29 +104,20 @@ class _Slot:
 class AnalysisPool:
     """`workers` concurrent `FaceProcessor.analyse_file` calls off the event loop."""
 
-    def __init__(self, processor: FaceProcessor, *, workers: int,
-                 mode: Literal["process", "thread"] = "process", frame_rate: float = 1.0,
+    def __init__(self, processor: FaceProcessor, *, workers: int, frame_rate: float = 1.0,
                  max_seconds: float = 600.0, timeout: float | None = None):
         """`timeout`: seconds one file may take before its worker is ended (None: no limit)."""
         self.processor = processor
         self.workers = workers
-        self.mode = mode
         self.frame_rate = frame_rate
         self.max_seconds = max_seconds
         self.timeout = timeout
         self._free: asyncio.Queue[_Slot] | None = None
         self._slots: list[_Slot] = []
-        self._threads: Executor | None = None
-        self._thread_slots: asyncio.Semaphore | None = None
 
     async def start(self) -> None:
         """Start the workers and load the model in each; raises what loading raises
         (e.g. `ModelUnavailableError`), so the daemon fails at start-up, not at the first job."""
-        if self.mode == "thread":
-            self._threads = ThreadPoolExecutor(self.workers, thread_name_prefix="analysis")
-            self._thread_slots = asyncio.Semaphore(self.workers)
-            await asyncio.get_running_loop().run_in_executor(self._threads, self.processor.load)
-            return
         self._free = asyncio.Queue()
         self._slots = [_Slot(self.processor) for _ in range(self.workers)]
         try:
@@ -141,11 +137,6 @@ class AnalysisPool:
         """The faces in one file. Raises what the processor raises (`MediaError`, `OSError`),
         `AnalysisCrashed` or `AnalysisTimeout`."""
         loop = asyncio.get_running_loop()
-        if self.mode == "thread":
-            async with self._thread_slots:
-                call = loop.run_in_executor(self._threads, _thread_analyse, self.processor, str(path),
-                                            kind, self.frame_rate, self.max_seconds)
-                return await asyncio.wait_for(call, self.timeout)
         slot = await self._free.get()
         try:
             await slot.ensure_started()
@@ -176,10 +167,7 @@ class AnalysisPool:
         for slot in self._slots:
             slot.end()
         self._slots = []
-        if self._threads is not None:
-            self._threads.shutdown(wait=False, cancel_futures=True)
 
-
-def _thread_analyse(processor: FaceProcessor, path: str, kind: str, frame_rate: float,
-                    max_seconds: float) -> list[DetectedFace]:
-    return processor.analyse_file(path, kind=kind, frame_rate=frame_rate, max_seconds=max_seconds)
+    def pids(self) -> list[int]:
+        """The worker processes started so far (a replaced one starts with its next file)."""
+        return [slot.pid for slot in self._slots if slot.pid is not None]

@@ -91,6 +91,19 @@ class Settings(BaseSettings):
     video_max_seconds: int = Field(600, ge=1, le=86400, description="Seconds of each video analysed at most")
     num_workers: int = Field(2, ge=1, le=64, description="Concurrent analysis jobs in this process")
 
+    # --- Retention and health ---------------------------------------------------------------
+    metrics_retention_days: int = Field(30, ge=1, le=3650, description="Processing metrics older than this are deleted")
+    errors_retention_days: int = Field(
+        90, ge=1, le=3650, description="Resolved errors older than this are deleted (those of failed work stay)")
+    pending_face_days: int = Field(
+        180, ge=0, le=36500, description="Pending faces that met nobody in this many days are deleted (0: never)")
+    health_outage_seconds: int = Field(
+        600, ge=10, le=86400, description="`main.py health` fails when Telegram or the database was unreachable this long")
+    health_queue_seconds: int = Field(
+        3600, ge=10, le=604800, description="... or the queue held due work but finished none this long")
+    health_posts_seconds: int = Field(
+        3600, ge=10, le=604800, description="... or posts have been failing (none succeeding) this long")
+
     # --- Files ------------------------------------------------------------------------------
     data_dir: Path = Field(Path("data"), description="Embedded database, staging area and update flag")
     sessions_dir: Path | None = Field(None, description="Telegram session files (default DATA_DIR/sessions)")

@@ -5,6 +5,11 @@
     python main.py import EXPORT_DIR                             analyse a Telegram Desktop export
     python main.py reindex --engine ENGINE                       re-analyse everything with another engine
     python main.py health [--max-age SECONDS]                    is the daemon alive? (Docker HEALTHCHECK)
+    python main.py retry [--chat ID] [--error-type TYPE] [--only jobs|posts] [--list]
+                                                                 queue failed jobs and posts again
+    python main.py remove-chat CHAT_ID [--account ID] [--drop-data --yes]
+                                                                 stop watching a chat (and forget it)
+    python main.py forget PERSON_ID --yes                        erase a person (faces, crops, posts)
 
 Roles share one database, so they can run as separate processes, on separate machines:
 - `worker`: face analysis of downloaded media (any number of these; they need the staging area);
@@ -92,18 +97,17 @@ def heartbeat_path(settings: config.Settings) -> Path:
 
 
 def cmd_health(settings: config.Settings, max_age: float) -> int:
-    """Exit 0 if a daemon touched DATA_DIR/heartbeat in the last `max_age` seconds."""
+    """Exit 0 if a daemon touched DATA_DIR/heartbeat in the last `max_age` seconds and what it saw
+    is well (health.py: Telegram and the database reachable, the queue moving, posts going out)."""
+    import health
+
     path = heartbeat_path(settings)
-    try:
-        age = time.time() - path.stat().st_mtime
-    except FileNotFoundError:
-        print(f"unhealthy: no heartbeat file {path} (the daemon is not running, or is still starting)")
+    found = health.read_problems(path, settings, max_age=max_age)
+    for problem in found:
+        print(f"unhealthy: {problem}")
+    if found:
         return EXIT_FAILURE
-    if age > max_age:
-        print(f"unhealthy: the heartbeat {path} is {age:.0f} s old (more than {max_age:.0f} s): "
-              f"the daemon is stuck or stopped; see its log")
-        return EXIT_FAILURE
-    print(f"healthy: heartbeat {age:.0f} s ago")
+    print(f"healthy: heartbeat {time.time() - path.stat().st_mtime:.0f} s ago")
     return EXIT_OK
 
 
@@ -124,6 +128,9 @@ class Tuning:
     heartbeat_interval: float = 15.0   # DATA_DIR/heartbeat is touched this often
     update_check_interval: float = 5.0
     restart_delay: float = 2.0         # first wait before restarting a component after a database outage
+    retry_backoff: float = 30.0        # the retry policy's first backoff (and an outage's wait)
+    download_timeout: float = 1800.0   # a download that hangs longer is a failed attempt
+    startup_db_wait: float = 300.0     # at start, wait this long for a database that is not up yet
 
 
 @dataclass
@@ -153,8 +160,7 @@ async def start_analysis(settings: config.Settings):
         await asyncio.to_thread(download_insightface_models, settings.models_path)
     processor = FaceProcessor(settings.face_engine, models_dir=settings.models_path,
                               min_quality=settings.min_quality_threshold)
-    mode = "thread" if settings.face_engine == "insightface" else "process"
-    analyser = AnalysisPool(processor, workers=settings.num_workers, mode=mode,
+    analyser = AnalysisPool(processor, workers=settings.num_workers,
                             frame_rate=settings.video_frame_rate, max_seconds=settings.video_max_seconds,
                             timeout=300 + settings.video_max_seconds * settings.video_frame_rate * 3)
     await analyser.start()
@@ -168,7 +174,7 @@ def worker_config(settings: config.Settings, tuning: Tuning, **changes: Any):
     values = dict(analysis_slots=2 * settings.num_workers, download_slots=2,
                   max_staged=max(16, 4 * settings.num_workers), poll_interval=tuning.poll_interval,
                   grace=tuning.grace, metrics_interval=tuning.metrics_interval,
-                  max_media_bytes=settings.max_media_bytes)
+                  max_media_bytes=settings.max_media_bytes, download_timeout=tuning.download_timeout)
     return WorkerConfig(**values | changes)
 
 
@@ -214,7 +220,7 @@ async def _import(settings: config.Settings, prepared: database.Prepared, conten
         await pool.open(wait=True)
         workers = WorkerPool(JobQueue(pool, lease_seconds=tuning.lease_seconds),
                              config=worker_config(settings, tuning, poll_interval=0.2),
-                             policy=RetryPolicy.standard(), analyser=analyser, matcher=matcher)
+                             policy=RetryPolicy.standard(backoff_base=tuning.retry_backoff), analyser=analyser, matcher=matcher)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, lambda s=sig: (interrupted.append(s), workers.stop()))
@@ -274,6 +280,13 @@ class ComponentFailed(Exception):
     """A component stopped by itself; the daemon stops with it."""
 
 
+def _database_went_away(exc: BaseException, unavailable: tuple[type[BaseException], ...]) -> bool:
+    """`exc` is the database going away, also when a component's task group wrapped it."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_database_went_away(e, unavailable) for e in exc.exceptions)
+    return isinstance(exc, unavailable)
+
+
 async def supervise(component: Component, shutdown: Shutdown, tuning: Tuning) -> None:
     from processing_queue import DB_UNAVAILABLE
 
@@ -281,9 +294,13 @@ async def supervise(component: Component, shutdown: Shutdown, tuning: Tuning) ->
     while True:
         try:
             await component.run()
-        except DB_UNAVAILABLE as exc:
+        except Exception as exc:
+            if not _database_went_away(exc, DB_UNAVAILABLE):
+                raise ComponentFailed(f"{component.name} failed: {type(exc).__name__}: {exc}") from exc
             if not component.restartable or shutdown.requested.is_set():
                 raise
+            while isinstance(exc, BaseExceptionGroup):   # a component's own task group: its first leaf
+                exc = exc.exceptions[0]
             logger.warning("%s: the database is unavailable (%s); restarting it in %.0f s",
                            component.name, str(exc).strip().splitlines()[0] if str(exc).strip() else exc, delay)
             try:
@@ -292,17 +309,15 @@ async def supervise(component: Component, shutdown: Shutdown, tuning: Tuning) ->
             except TimeoutError:
                 delay = min(delay * 2, 60.0)
                 continue
-        except Exception as exc:
-            raise ComponentFailed(f"{component.name} failed: {type(exc).__name__}: {exc}") from exc
         if shutdown.requested.is_set():
             return
         raise ComponentFailed(f"{component.name} stopped by itself")
 
 
 async def control(components: list[Component], shutdown: Shutdown, settings: config.Settings,
-                  role: str, tuning: Tuning, tasks: dict[str, asyncio.Task]) -> None:
-    """The daemon's own loop: heartbeat file, update flag; on shutdown, stop the components and
-    make sure they are gone by the deadline."""
+                  role: str, tuning: Tuning, tasks: dict[str, asyncio.Task], watch=None) -> None:
+    """The daemon's own loop: heartbeat file (with what `watch`, a health.HealthWatch, sees), update
+    flag; on shutdown, stop the components and make sure they are gone by the deadline."""
     from update_handler import UpdateFlag
 
     flag = UpdateFlag(settings.update_flag_path)
@@ -311,7 +326,7 @@ async def control(components: list[Component], shutdown: Shutdown, settings: con
     while not shutdown.requested.is_set():
         now = time.monotonic()
         if now >= next_beat:
-            touch_heartbeat(beat, role)
+            touch_heartbeat(beat, role, await _health_facts(watch))
             next_beat = now + tuning.heartbeat_interval
         if now >= next_flag:
             if flag.is_set():  # a safe point: nothing is half-done between these checks
@@ -346,18 +361,28 @@ async def control(components: list[Component], shutdown: Shutdown, settings: con
         flag.clear()
 
 
-def touch_heartbeat(path: Path, role: str) -> None:
+async def _health_facts(watch) -> dict[str, Any] | None:
+    if watch is None:
+        return None
+    try:
+        return await asyncio.wait_for(watch.facts(), 5.0)
+    except TimeoutError:
+        return {"started": watch.started, "database_unreachable_since": time.time()}
+
+
+def touch_heartbeat(path: Path, role: str, facts: dict[str, Any] | None = None) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + f".{os.getpid()}")
-        tmp.write_text(json.dumps({"pid": os.getpid(), "role": role, "at": time.time()}))
+        tmp.write_text(json.dumps({"pid": os.getpid(), "role": role, "at": time.time(), "facts": facts},
+                                  default=str))
         os.replace(tmp, path)
     except OSError as exc:
         logger.warning("cannot write the heartbeat file %s (%s): the health check will fail", path, exc)
 
 
 async def build_components(settings: config.Settings, role: str, pool, conninfo: str, hooks: Hooks,
-                           cleanup: list[Callable[[], Awaitable[None] | None]]) -> list[Component]:
+                           cleanup: list[Callable[[], Awaitable[None] | None]], watch=None) -> list[Component]:
     """The components of `role`. Raises `StartupError` for what the operator must fix."""
     from processing_queue import JobQueue, RetryPolicy, WorkerPool
 
@@ -376,19 +401,25 @@ async def build_components(settings: config.Settings, role: str, pool, conninfo:
         telegram = await start_telegram(settings, role, pool, conninfo, hooks)
         cleanup.append(telegram.close)
         components.extend(Component(name, run, stop) for name, run, stop in telegram.components())
+        if watch is not None:
+            watch.registry = telegram.registry
     downloader = telegram.downloader if telegram is not None else None
     if analyser is not None or downloader is not None:
         workers = WorkerPool(
             JobQueue(pool, lease_seconds=tuning.lease_seconds),
             config=worker_config(settings, tuning, staging_dir=settings.staging_path if downloader else None),
-            policy=RetryPolicy.standard(), analyser=analyser, matcher=matcher,
-            downloader=downloader, account_ids=telegram.account_ids if downloader else None)
+            policy=RetryPolicy.standard(backoff_base=tuning.retry_backoff), analyser=analyser, matcher=matcher,
+            downloader=downloader, account_ids=telegram.account_ids if downloader else None,
+            account_online=telegram.registry.is_connected if downloader else None)
         components.append(Component("workers", workers.run, workers.stop, restartable=False))
+    from retention import Retention, RetentionSettings
+    retention = Retention(pool, RetentionSettings.from_settings(settings))
+    components.append(Component("retention", retention.run, retention.stop))
     return components
 
 
 async def run_components(components: list[Component], shutdown: Shutdown, settings: config.Settings,
-                         role: str, tuning: Tuning) -> int:
+                         role: str, tuning: Tuning, watch=None) -> int:
     """Run every component as a named task until shutdown; one failing stops them all (exit 1)."""
     tasks: dict[str, asyncio.Task] = {}
     code = EXIT_OK
@@ -398,7 +429,7 @@ async def run_components(components: list[Component], shutdown: Shutdown, settin
                 tasks[component.name] = tg.create_task(supervise(component, shutdown, tuning),
                                                        name=component.name)
             tasks["control"] = tg.create_task(
-                control(components, shutdown, settings, role, tuning, tasks), name="control")
+                control(components, shutdown, settings, role, tuning, tasks, watch), name="control")
             logger.info("running: %s", ", ".join(tasks))
     except* ComponentFailed as group:
         for exc in group.exceptions:
@@ -464,11 +495,31 @@ class StartupError(Exception):
 def cmd_run(settings: config.Settings, role: str, hooks: Hooks) -> int:
     """The daemon; see the module docstring for roles and exit codes."""
     try:
-        prepared = prepare_database(settings)
+        prepared = wait_for_database(settings, hooks.tuning.startup_db_wait)
     except database.DatabaseError as exc:
         print(f"database: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     return asyncio.run(_run(settings, role, prepared, hooks))
+
+
+def wait_for_database(settings: config.Settings, patience: float) -> database.Prepared:
+    """`prepare_database`, waiting up to `patience` seconds for a server that cannot be reached
+    yet (restarting, still starting up after a power cut): the daemon starts by itself once it
+    is back. Anything else (a wrong engine, a failed migration) raises at once."""
+    import psycopg
+
+    started = time.monotonic()
+    delay = 1.0
+    while True:
+        try:
+            return prepare_database(settings)
+        except database.DatabaseError as exc:
+            if not isinstance(exc.__cause__, psycopg.OperationalError) or time.monotonic() - started > patience:
+                raise
+            logger.warning("the database cannot be reached yet (%s); trying again in %.0f s",
+                           str(exc).splitlines()[0], delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 15.0)
 
 
 async def _run(settings: config.Settings, role: str, prepared: database.Prepared, hooks: Hooks) -> int:
@@ -481,11 +532,14 @@ async def _run(settings: config.Settings, role: str, prepared: database.Prepared
     pool = open_pool(prepared.server.conninfo, max_size=2 * settings.num_workers + 8)
     await pool.open(wait=True)
     cleanup: list[Callable[[], Awaitable[None] | None]] = []
+    from health import HealthWatch
+    watch = HealthWatch(pool)
     try:
-        components = await build_components(settings, role, pool, prepared.server.conninfo, hooks, cleanup)
+        components = await build_components(settings, role, pool, prepared.server.conninfo, hooks, cleanup,
+                                            watch=watch)
         if not components:
             raise StartupError(f"role {role} has nothing to do here")
-        code = await run_components(components, shutdown, settings, role, hooks.tuning)
+        code = await run_components(components, shutdown, settings, role, hooks.tuning, watch)
     except StartupError as exc:
         print(exc, file=sys.stderr)
         code = EXIT_CONFIG
@@ -517,6 +571,8 @@ def build_parser() -> argparse.ArgumentParser:
     reindex.add_argument("--engine", required=True, choices=["insightface", "dlib"])
     health = sub.add_parser("health", help="exit 0 if the daemon's heartbeat is fresh (for Docker)")
     health.add_argument("--max-age", type=float, default=90.0, help="seconds (default 90)")
+    import operator_commands
+    operator_commands.add_parsers(sub)
     return parser
 
 
@@ -536,6 +592,9 @@ def main(argv: list[str] | None = None, hooks: Hooks | None = None) -> int:
         return cmd_reindex(settings, args.engine)
     if args.command == "health":
         return cmd_health(settings, args.max_age)
+    import operator_commands
+    if args.command in operator_commands.COMMANDS:
+        return operator_commands.run(args.command, settings, args)
     if args.command == "import":
         return cmd_import(settings, args.export_dir, hooks)
     return cmd_run(settings, getattr(args, "role", "all"), hooks)

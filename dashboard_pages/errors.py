@@ -1,14 +1,44 @@
-"""Errors: the newest processing_errors, filtered by type and text, each with its context."""
+"""Errors: the newest processing_errors, filtered by type and text, each with its context; and
+failed work (jobs, posts) queued again with a button (recovery.py, as `main.py retry` does)."""
 
 from __future__ import annotations
 
 import pandas as pd
 import streamlit as st
 
+import recovery
 from dashboard_pages import app
 from database import queries
 
 st.title("Errors")
+app.show_flash()
+
+
+def retry_section() -> None:
+    """What failed for good, by error type, with a button to queue it again."""
+    failed = app.change(recovery.failed_summary)
+    if not failed:
+        return
+    by_type: dict[str, dict[str, int]] = {}
+    for row in failed:
+        counts = by_type.setdefault(row["error_type"], {"job": 0, "post": 0})
+        counts[row["kind"]] += row["failed"]
+    jobs, posts = sum(c["job"] for c in by_type.values()), sum(c["post"] for c in by_type.values())
+    with st.expander(f"Failed for good: {app.plural(jobs, 'job')}, {app.plural(posts, 'post')}", expanded=True):
+        st.caption("Queue them again with a fresh budget of attempts (after fixing the cause, or after "
+                   "an outage); the daemon picks them up by itself.")
+        for error_type, counts in list(by_type.items())[:8]:
+            what = ", ".join(app.plural(n, kind) for kind, n in counts.items() if n)
+            if st.button(f"Retry {what} that failed with {error_type}", key=f"retry-{error_type}"):
+                done = app.change(lambda conn, t=error_type: recovery.retry_failed(conn, error_type=t))
+                app.flash(f"{done}.")
+                st.rerun()
+        if st.button(f"Retry all {app.plural(jobs + posts, 'failed item')}", key="retry-all", type="primary"):
+            app.flash(f"{app.change(recovery.retry_failed)}.")
+            st.rerun()
+
+
+retry_section()
 types = app.rows(queries.dashboard_error_types)
 if not types:
     st.success("No errors recorded.")

@@ -1,7 +1,10 @@
 -- The durable job queue (media_jobs) and the media items it deduplicates on (media_items).
 -- Used by processing_queue.py and exports.py. A job is leased by one process at a time:
 -- lease_owner names the process, lease_expires_at is pushed forward by its heartbeat; a job
--- whose lease ran out (its process died) is claimable again. Every write that finishes or
+-- whose lease ran out (its process died) is claimable again. `claims` counts the claims that
+-- were never settled: every write that hands a job back (retry, wait, release, staged) gives its
+-- claim back, so claims grows only when the process working on the job died (a crash, kill -9,
+-- out of memory), never because the job waited for an outage. Every write that finishes or
 -- reschedules a job checks that the writer still holds the lease, so a process that lost its
 -- lease can never overwrite the work of the one that took the job over.
 
@@ -33,7 +36,9 @@ RETURNING j.*;
 
 -- name: queue_claim_downloads
 -- Lease up to %(limit)s jobs still to be downloaded, of the accounts %(account_ids)s that this
--- process holds, skipping accounts in a flood wait. A job waits while another job with the same
+-- process holds (and whose clients are connected), skipping accounts in a flood wait and accounts
+-- that are not active (logged out, banned, paused): their jobs wait, untouched, until the account
+-- is back. A job waits while another job with the same
 -- media is being downloaded or waits for analysis: the media is fetched once.
 WITH picked AS (
     SELECT j.id
@@ -41,6 +46,7 @@ WITH picked AS (
     JOIN telegram_accounts a ON a.id = j.account_id
     WHERE j.status = 'queued'
       AND j.account_id = ANY(%(account_ids)s)
+      AND a.status = 'active'
       AND j.run_after <= now()
       AND (j.lease_expires_at IS NULL OR j.lease_expires_at < now())
       AND (a.flood_wait_until IS NULL OR a.flood_wait_until < now())
@@ -85,8 +91,8 @@ FOR UPDATE;
 -- count starts again: analysing has its own budget of retries.
 UPDATE media_jobs
 SET status = 'staged', staged_path = %(staged_path)s, staged_owned = TRUE,
-    lease_owner = NULL, lease_expires_at = NULL, attempts = 0, run_after = now(),
-    last_error = NULL, updated_at = now()
+    lease_owner = NULL, lease_expires_at = NULL, attempts = 0, claims = greatest(claims - 1, 0),
+    run_after = now(), last_error = NULL, updated_at = now()
 WHERE id = %(job_id)s AND lease_owner = %(owner)s AND status = 'queued'
 RETURNING id;
 
@@ -95,7 +101,8 @@ RETURNING id;
 -- volume): back to 'queued', to be downloaded again by the process holding its account.
 UPDATE media_jobs
 SET status = 'queued', staged_path = NULL, lease_owner = NULL, lease_expires_at = NULL,
-    run_after = now(), last_error = 'the downloaded file was missing', updated_at = now()
+    claims = greatest(claims - 1, 0), run_after = now(), last_error = 'the downloaded file was missing',
+    updated_at = now()
 WHERE id = %(job_id)s AND lease_owner = %(owner)s AND status = 'staged'
 RETURNING id;
 
@@ -118,10 +125,11 @@ RETURNING id;
 
 -- name: queue_retry_job
 -- Give the job back to try again after %(delay)s seconds. %(counted)s is 1 when this was a
--- failed attempt and 0 when the job only had to wait (a flood wait, a shutdown).
+-- failed attempt and 0 when the job only had to wait (a flood wait, an outage). Either way the
+-- process settled it: its claim is given back.
 UPDATE media_jobs
 SET run_after = now() + make_interval(secs => %(delay)s), last_error = %(error)s,
-    attempts = attempts + %(counted)s,
+    attempts = attempts + %(counted)s, claims = greatest(claims - 1, 0),
     lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
 WHERE id = %(job_id)s AND lease_owner = %(owner)s AND status IN ('queued', 'staged')
 RETURNING id;
@@ -178,6 +186,14 @@ SELECT status, count(*) AS jobs FROM media_jobs WHERE status IN ('queued', 'stag
 -- name: queue_job_statuses
 -- The status of each of the jobs %(job_ids)s (those that exist).
 SELECT id, status FROM media_jobs WHERE id = ANY(%(job_ids)s);
+
+-- name: queue_staging_owners
+-- For the staging cleanup: of the jobs %(job_ids)s (those that exist), whether it is over, the
+-- file the daemon downloaded for it (staged_owned: not an operator's export file), whether it is a
+-- Telegram download, and whether a process holds it now.
+SELECT id, status IN ('done', 'failed', 'skipped') AS finished, staged_owned, staged_path,
+       account_id IS NOT NULL AS downloaded, coalesce(lease_expires_at > now(), FALSE) AS leased
+FROM media_jobs WHERE id = ANY(%(job_ids)s);
 
 -- name: queue_record_metrics
 -- Counters of this process since its last report, one processing_metrics row each.

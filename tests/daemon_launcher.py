@@ -23,7 +23,8 @@ import main  # noqa: E402
 
 TUNING = main.Tuning(lease_seconds=3.0, grace=4.0, stop_deadline=8.0, poll_interval=0.3,
                      metrics_interval=2.0, heartbeat_interval=1.0, update_check_interval=0.3,
-                     restart_delay=0.5)
+                     restart_delay=0.5, retry_backoff=1.0, download_timeout=10.0,
+                     startup_db_wait=60.0)
 
 
 def hooks() -> main.Hooks:

@@ -206,3 +206,31 @@ def test_the_database_restarting_under_the_daemon_is_survived(tmp_path, faces_di
         except subprocess.CalledProcessError:
             pass
         server.cleanup()
+
+
+def test_a_telegram_outage_is_reported_while_it_lasts_and_loses_nothing(tmp_path, db, faces_dir, daemons):
+    """The network goes away under the running daemon: `main.py health` says so once it has lasted
+    HEALTH_OUTAGE_SECONDS, and is healthy again after; the photos posted meanwhile (their live
+    updates lost, as Telegram loses them for an offline client) are found and posted, once."""
+    w = World(tmp_path, faces_dir, db, OBAMA[:3] + BIDEN)
+    d = Daemon(tmp_path, db, "run", env=w.env | {"HEALTH_OUTAGE_SECONDS": "10"})
+    command = [sys.executable, str(ROOT / "main.py"), "--env-file", str(tmp_path / "none.env"), "health"]
+
+    def health() -> subprocess.CompletedProcess:
+        return subprocess.run(command, cwd=tmp_path, env=d.env, capture_output=True, text=True)
+
+    daemons.append(d.start())
+    wait_until(w.settled, daemons=[d], timeout=120)
+    wait_until(lambda: health().returncode == 0, daemons=[d], timeout=30)
+    w.world.set_online(PHONE, False)
+    w.post(w.chat, OBAMA[3])
+    w.post(w.chat, BOTH)
+    time.sleep(5)
+    assert health().returncode == 0                         # a short cut is not (yet) a problem
+    wait_until(lambda: "Telegram has been unreachable for account +15…01" in health().stdout,
+               daemons=[d], timeout=60)
+    assert "5550001" not in health().stdout                 # never a phone number
+    w.world.set_online(PHONE, True)
+    wait_until(lambda: w.settled() and health().returncode == 0, daemons=[d], timeout=120)
+    assert d.stop()[0] == 0
+    assert_posted_exactly_once(w)

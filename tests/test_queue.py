@@ -118,7 +118,8 @@ def make_pool(pool, *, lease: float = 5.0, policy: RetryPolicy = FAST, owner: st
     config = WorkerConfig(analysis_slots=kw.pop("slots", 2), download_slots=kw.pop("download_slots", 2),
                           poll_interval=0.1,
                           grace=kw.pop("grace", 5.0), metrics_interval=kw.pop("metrics_interval", 60.0),
-                          max_media_bytes=kw.pop("max_media_bytes", None), staging_dir=kw.pop("staging_dir", None))
+                          max_media_bytes=kw.pop("max_media_bytes", None), staging_dir=kw.pop("staging_dir", None),
+                          download_timeout=kw.pop("download_timeout", 30.0))
     return WorkerPool(JobQueue(pool, owner=owner, lease_seconds=lease), config=config, policy=policy, **kw)
 
 
@@ -455,16 +456,27 @@ async def test_metrics_for_the_dashboard(pool, dlib_db, matcher, tmp_path):
     assert depth_rows == 1                               # one gauge a minute, not one per report
 
 
-async def test_orphaned_staged_files_of_finished_jobs_are_removed_at_start(pool, dlib_db, tmp_path):
-    done = add_job(dlib_db, 1, status="queued")
-    waiting = add_job(dlib_db, 2, status="queued")
+async def test_only_the_daemons_own_leftover_staged_files_are_removed_at_start(pool, dlib_db, tmp_path):
+    account = add_account(dlib_db, "+1")
+    done = add_job(dlib_db, 1, status="queued", account_id=account)
+    waiting = add_job(dlib_db, 2, status="queued", account_id=account)
+    interrupted = add_job(dlib_db, 3, status="queued", account_id=account)
+    exported = add_job(dlib_db, 4, status="staged", staged_path=str(tmp_path / "4.jpg"), staged_owned=False)
     with psycopg.connect(dlib_db) as conn:
-        conn.execute("UPDATE media_jobs SET status = 'done' WHERE id = %s", (done,))
-    for name in (f"{done}.jpg", f"{waiting}.jpg.part", "999999.jpg"):
+        conn.execute("UPDATE media_jobs SET status = 'done', staged_path = %s WHERE id = %s",
+                     (str(tmp_path / f"{done}.jpg"), done))
+        conn.execute("UPDATE media_jobs SET status = 'done' WHERE id = %s", (exported,))
+    names = {f"{done}.jpg": "removed: its job is over and this is its file",
+             f"{interrupted}.0a1b2c3d.part": "removed: a download cut short, nobody holds the job",
+             f"{waiting}.jpg": "kept: its job is not over",
+             "4.jpg": "kept: an operator's exported file",
+             "999999.jpg": "kept: no such job",
+             "2024-report.pdf": "kept: not a name the daemon writes"}
+    for name in names:
         (tmp_path / name).write_bytes(b"x")
     workers = make_pool(pool, staging_dir=tmp_path)
     assert await workers.remove_orphaned_files(tmp_path) == 2
-    assert [p.name for p in tmp_path.iterdir()] == [f"{waiting}.jpg.part"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(n for n, why in names.items() if why.startswith("kept"))
 
 
 def test_retry_policy_as_data():
@@ -482,6 +494,16 @@ def test_retry_policy_as_data():
     flood = standard.decide(FloodWaitError(request=None, capture=50), 0)
     assert flood.action == "defer" and 50 <= flood.delay <= 61
     assert standard.decide(MediaError("x"), 0).action == "fail"
+    from telethon.errors import FloodPremiumWaitError
+    premium = standard.decide(FloodPremiumWaitError(request=None, capture=900), 0)
+    assert premium.action == "defer" and not premium.counted and premium.pause_account and premium.delay >= 900
+    outage = standard.decide(ConnectionError("offline"), 4)
+    assert outage.action == "defer" and not outage.counted     # however many attempts failed before
+    from analysis_pool import AnalysisCrashed, AnalysisTimeout
+    assert standard.decide(AnalysisCrashed("x"), 0).action == "retry"       # once may be bad luck
+    crashed_twice = standard.decide(AnalysisCrashed("x"), 1)
+    assert crashed_twice.action == "fail" and crashed_twice.bad_media     # twice: the file is poison
+    assert standard.decide(AnalysisTimeout("x"), 1).bad_media
 
 
 def test_job_kinds():
@@ -490,3 +512,28 @@ def test_job_kinds():
                 attempts=0, claims=0, staged_path=None, staged_owned=True)
     assert [Job(media_type=t, **base).kind for t in ("photo", "image", "video", "round", "gif")] == [
         "photo", "photo", "video", "video", "video"]
+
+
+async def test_the_one_stop_block_wakes_and_stops_a_loop_at_once():
+    from stoppable import Stoppable
+
+    class Loop(Stoppable):
+        def __init__(self):
+            super().__init__()
+            self.rounds = 0
+
+        async def run(self):
+            while not self.stopping:
+                self.rounds += 1
+                await self.pause(60)
+
+    loop = Loop()
+    task = asyncio.create_task(loop.run())
+    await asyncio.sleep(0.05)
+    loop.wake()                                       # work arrived: a round now, not in 60 s
+    await asyncio.sleep(0.05)
+    assert loop.rounds == 2
+    loop.stop()
+    async with asyncio.timeout(1):
+        await task
+    assert loop.rounds == 2 and await loop.until_stopped(60)

@@ -88,3 +88,60 @@ async def test_a_dead_analysis_process_is_an_error_for_that_file_only(analysis, 
     with pytest.raises(AnalysisCrashed):
         await task
     assert len(await analysis.analyse(faces_dir / "joe_biden_01.jpg", "photo")) == 1
+
+
+# --- hostile files through the whole queue ----------------------------------------------------
+
+
+async def test_a_file_that_crashes_or_hangs_its_process_costs_that_job_only(pool, dlib_db, faces_dir, tmp_path):
+    """A file that really aborts its worker process (SIGABRT, as a native decoder crash does) and
+    one that hangs it for ever: each is tried twice, in a fresh process each time, then failed as
+    poison with its errors recorded and its media marked unreadable; the photos around them are
+    analysed, the daemon (this process) goes on, the model loads once per worker process."""
+    import psycopg
+
+    from hostile_engine import HostileProcessor, loads
+    from identity_matcher import IdentityMatcher, MatchParams
+    from processing_queue import RetryPolicy
+    from test_queue import add_job, errors, job_row, make_pool, run_until
+
+    photos = {}
+    for name in ("barack_obama_01.jpg", "joe_biden_01.jpg", "barack_obama_02.jpg"):
+        photos[name] = tmp_path / name
+        photos[name].write_bytes((faces_dir / name).read_bytes())
+    (tmp_path / "poison.mp4").write_bytes(b"ABORT" + os.urandom(64))
+    (tmp_path / "stuck.mp4").write_bytes(b"HANG" + os.urandom(64))
+    jobs = {name: add_job(dlib_db, i, staged_path=str(path), staged_owned=False, media_key=f"sha256:{name}")
+            for i, (name, path) in enumerate([*photos.items(), ("poison.mp4", tmp_path / "poison.mp4"),
+                                              ("stuck.mp4", tmp_path / "stuck.mp4")])}
+    load_log = tmp_path / "loads"
+    analysis = AnalysisPool(HostileProcessor(load_log), workers=2, timeout=3.0)
+    await analysis.start()
+    try:
+        policy = RetryPolicy.standard(backoff_base=0.2, backoff_cap=0.5, jitter=0.0)
+        workers = make_pool(pool, analyser=analysis, matcher=IdentityMatcher(MatchParams.for_engine("dlib")),
+                            policy=policy)
+        await run_until(workers, dlib_db, list(jobs.values()), timeout=90)
+        # the ended processes were replaced: the pool analyses on, in live processes
+        assert len(await analysis.analyse(photos["joe_biden_01.jpg"], "photo")) == 1
+        assert analysis.pids() and all(alive(pid) for pid in analysis.pids())
+    finally:
+        analysis.close()
+
+    rows = {name: job_row(dlib_db, job_id) for name, job_id in jobs.items()}
+    assert {name: r["status"] for name, r in rows.items()} == {
+        "barack_obama_01.jpg": "done", "joe_biden_01.jpg": "done", "barack_obama_02.jpg": "done",
+        "poison.mp4": "failed", "stuck.mp4": "failed"}
+    assert rows["poison.mp4"]["attempts"] == 2 and rows["stuck.mp4"]["attempts"] == 2
+    recorded = [(e["job_id"], e["error_type"], e["error_context"]["will_retry"]) for e in errors(dlib_db)]
+    assert sorted(recorded) == sorted([
+        (jobs["poison.mp4"], "AnalysisCrashed", True), (jobs["poison.mp4"], "AnalysisCrashed", False),
+        (jobs["stuck.mp4"], "AnalysisTimeout", True), (jobs["stuck.mp4"], "AnalysisTimeout", False)])
+    with psycopg.connect(dlib_db) as conn:
+        media = dict(conn.execute("SELECT media_key, status FROM media_items").fetchall())
+        faces = conn.execute("SELECT count(*) FROM face_embeddings").fetchone()[0]
+    assert media["sha256:poison.mp4"] == media["sha256:stuck.mp4"] == "failed"   # its copies: not again
+    assert faces == 3
+    pids = loads(load_log)
+    assert len(pids) == len(set(pids))                 # one model load per worker process
+    assert 2 < len(pids) <= 2 + 4                     # the two first, and one per process ended
