@@ -54,19 +54,29 @@ class Account:
 ClientFactory = Callable[[Account, "Settings"], Any]
 
 
+def client_options(settings: Settings) -> dict[str, Any]:
+    """How every Telethon client of the daemon is built (tests build theirs the same way)."""
+    return dict(
+        flood_sleep_threshold=settings.flood_sleep_threshold,
+        # Updates missed while offline are found by the history sweeps, not by getDifference.
+        catch_up=False, auto_reconnect=True, connection_retries=10, retry_delay=2,
+        request_retries=5,
+        # After its retries, `_call` raises the last error Telegram gave instead of a bare
+        # ValueError("Request was unsuccessful"). RANDOM_ID_DUPLICATE is a 500 in Telethon's
+        # table: only with this does the code that recovers a post or a topic whose answer was
+        # lost ever see `RandomIdDuplicateError` (DESIGN §3, "Lost answers").
+        raise_last_call_error=True,
+    )
+
+
 def telethon_client(account: Account, settings: Settings):
     """The production client factory: a Telethon client on the account's session file."""
     from telethon import TelegramClient
 
     if not settings.telegram_configured:
         raise AccountError("TG_API_ID and TG_API_HASH are not set (get them at https://my.telegram.org/apps)")
-    return TelegramClient(
-        str(account.session_path), settings.tg_api_id, settings.tg_api_hash.get_secret_value(),
-        flood_sleep_threshold=settings.flood_sleep_threshold,
-        # Updates missed while offline are found by the history sweeps, not by getDifference.
-        catch_up=False, auto_reconnect=True, connection_retries=10, retry_delay=2,
-        request_retries=5,
-    )
+    return TelegramClient(str(account.session_path), settings.tg_api_id, settings.tg_api_hash.get_secret_value(),
+                          **client_options(settings))
 
 
 class AccountError(Exception):
