@@ -56,8 +56,9 @@ from telethon import errors, functions, types, utils
 
 from accounts import flood_wait_left, record_flood_wait, sleep_or_stop, stopped
 from database import queries
-from downloads import download_message, fetch_message, media_extension
+from downloads import MediaChanged, download_message, fetch_message, media_extension
 from processing_queue import PermanentJobError, record_error
+from telegram_errors import FLOOD_WAITS, account_state
 from topics import HubUnavailable, PersonNotPostable, is_topic_gone, message_id_from_updates
 
 if TYPE_CHECKING:
@@ -226,13 +227,17 @@ class MediaUploader:
             try:
                 await self.post(row)
                 handled += 1
-            except errors.FloodWaitError as exc:
+            except FLOOD_WAITS as exc:
                 wait = await record_flood_wait(self.pool, self.registry.hub_account_id, exc.seconds,
                                                "posting to the hub")
                 await self._hand_back(rows[index:], wait, f"flood wait of {exc.seconds} s on the hub account")
                 break
             except HubUnavailable as exc:
                 await self._hand_back(rows[index:], 60.0, str(exc))
+                break
+            except errors.RPCError as exc:   # only account states come here (see post)
+                state = await self.registry.account_problem(self.registry.hub_account_id, exc)
+                await self._hand_back(rows[index:], 60.0, f"the hub account is {state}: posts wait for it")
                 break
             except (ConnectionError, OSError, asyncio.TimeoutError) as exc:
                 await self._hand_back(rows[index:], 30.0, f"Telegram unreachable ({exc})")
@@ -256,8 +261,13 @@ class MediaUploader:
         except _Unpostable as exc:
             await self._give_up(row, exc.status, str(exc))
             return
-        except (errors.FloodWaitError, HubUnavailable, ConnectionError, OSError, asyncio.TimeoutError):
+        except (*FLOOD_WAITS, HubUnavailable, ConnectionError, OSError, asyncio.TimeoutError):
             raise
+        except errors.RPCError as exc:
+            if account_state(exc) is not None:
+                raise   # the account's problem, not the post's: post_due marks it, the row waits
+            await self._failed_attempt(row, exc)
+            return
         except _Later as exc:
             await self._retry(row, exc.delay, str(exc), counted=False)
             return
@@ -356,7 +366,7 @@ class MediaUploader:
             caption = caption_for(source, source["message_date"])
             try:
                 if how == "reference":
-                    message_id = await self._by_reference(row, source, caption, topic_id)
+                    message_id = await self._by_reference(row, item, source, caption, topic_id)
                 else:
                     message_id = await self._by_upload(row, item, source, caption, topic_id, download=how == "download")
             except _Skip as exc:
@@ -385,9 +395,10 @@ class MediaUploader:
             raise RuntimeError("Telegram accepted the post but its message id is not in the answer")
         return message_id
 
-    async def _by_reference(self, row: dict[str, Any], source: dict[str, Any], caption: str, topic_id: int) -> int:
+    async def _by_reference(self, row: dict[str, Any], item: dict[str, Any], source: dict[str, Any], caption: str,
+                            topic_id: int) -> int:
         client = self.topics.client()
-        message = await self._fetch(client, source)
+        message = await self._fetch(client, source, item["media_key"])
         if getattr(message, "noforwards", False):
             raise _Skip("the message is protected")
         for attempt in range(self.reference_refreshes + 1):
@@ -396,15 +407,18 @@ class MediaUploader:
             except (errors.FileReferenceExpiredError, errors.FileReferenceInvalidError):
                 if attempt == self.reference_refreshes:
                     raise
-                message = await self._fetch(client, source)
+                message = await self._fetch(client, source, item["media_key"])
             except (errors.ChatForwardsRestrictedError, errors.MediaEmptyError) as exc:
                 raise _Skip(type(exc).__name__) from exc
         raise AssertionError("unreachable")
 
-    async def _fetch(self, client: Any, source: dict[str, Any]):
+    async def _fetch(self, client: Any, source: dict[str, Any], media_key: str):
+        """The source message, fetched now; it must still carry the post's media (`media_key`):
+        an edited message is skipped, never re-sent with what it carries now."""
         try:
-            return await fetch_message(client, source["source_chat_id"], source["source_message_id"])
-        except PermanentJobError as exc:
+            return await fetch_message(client, source["source_chat_id"], source["source_message_id"],
+                                       media_key=media_key)
+        except (PermanentJobError, MediaChanged) as exc:
             raise _Skip(str(exc)) from exc
         except (errors.ChannelPrivateError, errors.ChatForbiddenError, errors.ChannelInvalidError, ValueError) as exc:
             raise _Skip(f"cannot read the chat ({type(exc).__name__})") from exc
@@ -418,12 +432,13 @@ class MediaUploader:
         try:
             if download:
                 client = self.registry.client(source["account_id"])
-                message = await self._fetch(client, source)
+                message = await self._fetch(client, source, item["media_key"])
                 if getattr(message, "noforwards", False) and not self.settings.repost_protected_chats:
                     raise _Skip("the message is protected")
                 self.staging.mkdir(parents=True, exist_ok=True)
                 temp = self.staging / f"upload-{row['id']}{media_extension(message)}"
-                path = await download_message(client, message, temp, chat_id=source["source_chat_id"])
+                path = await download_message(client, message, temp, chat_id=source["source_chat_id"],
+                                              media_key=item["media_key"])
             else:
                 path = Path(source["staged_path"])
             try:

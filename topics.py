@@ -32,6 +32,7 @@ from psycopg.types.json import Jsonb
 from telethon import errors, functions, types, utils
 
 from database import queries
+from scanners import resolve_input_entity
 from telegram_actions import TOPIC_ACTIONS, ActionFailed, ActionWait
 
 if TYPE_CHECKING:
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 TITLE_MAX_BYTES = 128
+DELETE_BATCH = 100
 # Error messages (not all have their own class in Telethon) that mean "that topic is not there".
 _TOPIC_GONE_MESSAGES = {"TOPIC_DELETED", "TOPIC_ID_INVALID", "MESSAGE_ID_INVALID", "REPLY_MESSAGE_ID_INVALID"}
 
@@ -138,8 +140,10 @@ class TopicManager:
         return client
 
     async def hub_peer(self):
+        """The hub's input peer; from the session's entity cache, else from the dialogs (a
+        session that never saw the hub has no access hash for it)."""
         if self._peer is None:
-            self._peer = await self.client().get_input_entity(self.hub_chat_id)
+            self._peer = await resolve_input_entity(self.client(), self.hub_chat_id)
         return self._peer
 
     async def _pace(self) -> None:
@@ -390,9 +394,10 @@ class TopicManager:
             raise ActionWait("a post it withdraws is being sent; applied once it is recorded")
         messages = [r["uploaded_message_id"] for r in rows if r["status"] == "posted" and r["uploaded_message_id"]]
         if messages:
-            peer = await self.hub_peer()
-            await self.send(functions.channels.DeleteMessagesRequest(channel=utils.get_input_channel(peer),
-                                                                     id=messages))
+            channel = utils.get_input_channel(await self.hub_peer())
+            for start in range(0, len(messages), DELETE_BATCH):   # Telegram takes 100 ids per call
+                await self.send(functions.channels.DeleteMessagesRequest(
+                    channel=channel, id=messages[start:start + DELETE_BATCH]))
         async with self.pool.connection() as conn:
             await conn.execute(queries.upload_withdrawn, {"upload_ids": [r["id"] for r in rows]})
         return f"deleted {len(messages)} message(s) from the topic"
