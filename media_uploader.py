@@ -16,7 +16,7 @@ their due rows are cancelled ('person hidden' rows come back when the person is 
 Caption: the source chat's title, a link to the source message (public chats:
 https://t.me/<username>/<id>; private supergroups and channels: https://t.me/c/<id>/<id>, which
 works for their members; basic groups and private chats have no message links, the caption says
-so) and the message's date.
+so, and names the message's id) and the message's date.
 
 Pacing: every write into the hub (posts, covers, topic creations and edits) waits for one token
 bucket, HUB_POSTS_PER_MINUTE (default 20) a minute, evenly spaced, never a burst above it.
@@ -30,7 +30,8 @@ Exactly one post per (person, media), across crashes and restarts:
   the row is still 'sending'. The next process to hold the hub session takes it over at once
   (only that process posts: one session, one process), a clean stop hands rows back, and a lease
   covers the rest; it is sent again with the same random_id; Telegram answers RandomIdDuplicateError,
-  and the uploader finds the message in the topic by its caption and records its id. Nothing
+  and the uploader finds the message in the topic (topics.find_post: its caption, not a message
+  another post already has, and its media when it was re-sent by reference) and records its id. Nothing
   is posted twice. The window is as small as it can be: the database write is the very next
   step after Telegram's answer and is shielded from cancellation. (If the earlier message can
   no longer be found, e.g. someone deleted it, the row is recorded as posted without an id
@@ -126,7 +127,9 @@ def caption_for(source: dict[str, Any], date: datetime | None) -> str:
     link = message_link(source["source_chat_id"], source["source_message_id"],
                         username=source.get("chat_username"), chat_type=source.get("chat_type"))
     when = date.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC") if date else "date unknown"
-    tail = f"\n{link or NO_LINK}\n{when}"
+    # Without a link the message's id keeps captions apart (two photos of one album would
+    # otherwise share one, and recovering a lost post could take its sibling: see find_post).
+    tail = f"\n{link or 'message ' + str(source['source_message_id']) + ' ' + NO_LINK}\n{when}"
     title = source.get("chat_title") or f"chat {source['source_chat_id']}"
     room = CAPTION_MAX - len(tail)
     if len(title) > room:
@@ -373,7 +376,8 @@ class MediaUploader:
                 problems.append(f"{how} from chat {source['source_chat_id']}: {exc}")
                 continue
             except errors.RandomIdDuplicateError:
-                found = await self.topics.find_post(topic_id, caption)
+                found = await self.topics.find_post(topic_id, caption,
+                                                    media_key=item["media_key"] if how == "reference" else None)
                 note = "already posted before a restart" + ("" if found else "; its message was not found")
                 return found or 0, note
             return message_id, None if how == "reference" else f"uploaded ({how})"

@@ -386,7 +386,8 @@ async def resolve_input_entity(client: Any, chat_id: int):
     does not (a fresh session), the dialogs are fetched once to fill the cache."""
     try:
         return await client.get_input_entity(chat_id)
-    except ValueError:
+    except (ValueError, errors.UserIdInvalidError, errors.PeerIdInvalidError):
+        # (for an uncached user Telethon asks Telegram with access hash 0, which may be refused)
         await client.get_dialogs()
         return await client.get_input_entity(chat_id)
 

@@ -131,3 +131,12 @@ UPDATE telegram_topics t
 SET message_count = greatest(coalesce(t.message_count, 0) - (SELECT count(*) FROM gone g
                                                              WHERE g.topic_id = t.id AND g.was_posted), 0)
 WHERE t.id IN (SELECT topic_id FROM gone);
+
+-- name: upload_topic_messages
+-- The messages of topic %(topic_id)s in hub %(hub_chat_id)s that are recorded already (posts and
+-- the cover): a lost post being looked for is none of them.
+SELECT u.uploaded_message_id FROM uploaded_media u JOIN telegram_topics t ON t.id = u.topic_id
+WHERE t.topic_id = %(topic_id)s AND t.hub_chat_id = %(hub_chat_id)s AND u.uploaded_message_id IS NOT NULL
+UNION
+SELECT cover_message_id FROM telegram_topics
+WHERE topic_id = %(topic_id)s AND hub_chat_id = %(hub_chat_id)s AND cover_message_id IS NOT NULL;

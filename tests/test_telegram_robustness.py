@@ -84,7 +84,8 @@ async def _errored(pool, chat_id):
 
 
 async def test_a_flood_wait_on_one_chat_defers_it_without_losing_the_others(h, pool):
-    """A premium flood wait (not a FloodWaitError subclass) is recorded like any other error."""
+    """A premium flood wait (FLOOD_PREMIUM_WAIT_X, not a FloodWaitError subclass) is a flood wait:
+    the account pauses, the chat resumes where it stopped, nothing of the other chat is lost."""
     h.with_settings(flood_sleep_threshold=1)
     a = await h.add_account(A)
     slow = h.world.add_chat("slow", members=[A])
@@ -96,7 +97,11 @@ async def test_a_flood_wait_on_one_chat_defers_it_without_losing_the_others(h, p
     h.world.fail("iter_messages", "FloodPremiumWaitError", seconds=30, chat=slow)
     service = await h.service()
     await service.scanner.sweep_due(a)
-    assert "FloodPremiumWaitError" in (await checkpoint(pool, slow))["last_error"]
+    assert "flood wait of 30 s" in (await checkpoint(pool, slow))["last_error"]
+    [account] = await rows(pool, "SELECT flood_wait_until > now() AS paused FROM telegram_accounts")
+    assert account["paused"]
+    await rows(pool, "UPDATE telegram_accounts SET flood_wait_until = NULL")   # the wait is over
+    await service.scanner.sweep_due(a)
     assert await job_ids(pool, other) == media
 
 

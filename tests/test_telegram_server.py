@@ -183,3 +183,212 @@ async def test_a_premium_flood_wait_pauses_the_hub_account_like_any_flood_wait(t
     [account] = await rows(pool, "SELECT flood_wait_until > now() + interval '10 minutes' AS paused "
                                  "FROM telegram_accounts WHERE id = %s", a)
     assert account["paused"]
+
+
+# --- message ids per account -------------------------------------------------------------------------
+
+
+async def jobs(pool, chat):
+    return await rows(pool, "SELECT account_id, source_message_id, media_key, status FROM media_jobs "
+                            "WHERE source_chat_id = %s ORDER BY account_id, source_message_id", chat)
+
+
+async def test_two_accounts_private_chats_with_one_user_keep_both_messages(tg, pool):
+    a = await tg.add_account(A)
+    b = await tg.add_account(B, hub_member=False)
+    friend = tg.server.add_user("Friend")
+    tg.server.add_private_chat(A, friend)
+    tg.server.add_private_chat(B, friend)
+    photo_a, photo_b = tg.server.photo(FACES / PHOTOS[0]), tg.server.photo(FACES / PHOTOS[2])
+    assert tg.server.post(friend, photo_a, owner=A, deliver=False) == 1
+    assert tg.server.post(friend, photo_b, owner=B, deliver=False) == 1     # the same id, another message
+    await tg.watch(a, friend, phone=A)
+    await tg.watch(b, friend, phone=B)
+    service = await tg.service()
+    await service.scanner.sweep_chat(a, friend)
+    await service.scanner.sweep_chat(b, friend)
+    assert [(j["account_id"], j["media_key"]) for j in await jobs(pool, friend)] == [(a, photo_a), (b, photo_b)]
+
+
+async def test_two_accounts_in_one_basic_group_keep_every_message(tg, pool):
+    a = await tg.add_account(A)
+    b = await tg.add_account(B, hub_member=False)
+    friend = tg.server.add_user("Friend")
+    tg.server.add_private_chat(A, friend)
+    tg.server.post(friend, None, "moves A's counter", owner=A, deliver=False)
+    group = tg.server.add_chat("Group", kind="group", members=[A, B])
+    photos = [tg.server.photo(FACES / name) for name in PHOTOS]
+    for photo in photos:
+        tg.server.post(group, photo, deliver=False)
+    await tg.watch(a, group)
+    await tg.watch(b, group)
+    service = await tg.service()
+    await service.scanner.sweep_chat(b, group)       # B first: its ids are 1, 2, 3
+    await service.scanner.sweep_chat(a, group)       # A's are 2, 3, 4
+    found = await jobs(pool, group)
+    assert [(j["account_id"], j["source_message_id"], j["media_key"]) for j in found] == \
+        [(a, 2, photos[0]), (a, 3, photos[1]), (a, 4, photos[2]),
+         (b, 1, photos[0]), (b, 2, photos[1]), (b, 3, photos[2])]
+
+
+async def test_the_hub_account_never_reposts_another_accounts_message_with_the_same_id(tg, pool):
+    """A's message 1 and B's message 1 of their chats with one user are different photos: the
+    post of B's photo must be B's photo, not whatever A's message 1 holds."""
+    a = await tg.add_account(A)
+    b = await tg.add_account(B, hub_member=False)
+    friend = tg.server.add_user("Friend")
+    tg.server.add_private_chat(A, friend)
+    tg.server.add_private_chat(B, friend)
+    photo_a, photo_b = tg.server.photo(FACES / PHOTOS[0]), tg.server.photo(FACES / PHOTOS[2])
+    tg.server.post(friend, photo_a, owner=A, deliver=False)
+    tg.server.post(friend, photo_b, owner=B, deliver=False)
+    await tg.watch(a, friend, phone=A)
+    await tg.watch(b, friend, phone=B)
+    service = await tg.service()
+    await service.scanner.sweep_chat(a, friend)
+    await service.scanner.sweep_chat(b, friend)
+    [job_b] = await rows(pool, "SELECT * FROM media_jobs WHERE account_id = %s", b)
+    [item] = await rows(pool, """INSERT INTO media_items (media_key, media_type, source_chat_id, source_message_id,
+                                   status, face_count, analysed_at)
+                                 VALUES (%s, 'photo', %s, 1, 'analysed', 1, now()) RETURNING id""",
+                        job_b["media_key"], friend)
+    await rows(pool, "UPDATE media_jobs SET status = 'done', media_item_id = %s WHERE id = %s", item["id"], job_b["id"])
+    person = await make_person(pool, "Kamala Harris")
+    await due(pool, person, item["id"])
+    await service.uploader.post_due()
+    [row] = await outbox(pool)
+    [_, post] = tg.server.posts(tg.hub)
+    assert row["status"] == "posted"
+    assert tg.server.media[post.media].sha256 == tg.server.media[photo_b].sha256       # B's photo
+    assert post.via == "upload"
+
+
+async def test_a_message_edited_to_carry_another_photo_is_not_analysed_under_the_old_key(tg, pool):
+    a = await tg.add_account(A)
+    chat, [message] = await chat_with_photos(tg, A, a)
+    service = await tg.service()
+    await service.scanner.sweep_chat(a, chat)
+    [job] = await rows(pool, "SELECT * FROM media_jobs")
+    tg.server.edit_message(chat, message, media=tg.server.photo(FACES / PHOTOS[2]))
+    from processing_queue import Job, JobSkipped
+    with pytest.raises(JobSkipped, match="edited"):
+        await service.downloader.download(Job.from_row(job))
+
+
+# --- accounts Telegram logged out, banned or froze ----------------------------------------------------
+
+
+async def status_of(pool, account):
+    [row] = await rows(pool, "SELECT status, last_error FROM telegram_accounts WHERE id = %s", account)
+    return row
+
+
+async def test_an_account_logged_out_mid_backfill_is_marked_and_the_others_go_on(tg, pool):
+    a = await tg.add_account(A)
+    b = await tg.add_account(B, hub_member=False)
+    chat_a = tg.server.add_chat("A's", members=[A])
+    chat_b = tg.server.add_chat("B's", members=[B])
+    photo = tg.server.photo(FACES / PHOTOS[0])
+    tg.server.history(chat_a, [(photo, str(i)) for i in range(150)])
+    tg.server.history(chat_b, [(photo, str(i)) for i in range(150)])
+    await tg.watch(a, chat_a)
+    await tg.watch(b, chat_b)
+    service = await tg.service()
+    tg.server.fail("GetHistoryRequest", "AUTH_KEY_UNREGISTERED", phone=B, times=None)
+    result = await service.scanner.sweep_chat(b, chat_b)
+    assert result.stopped_because == "account"
+    assert (await status_of(pool, b))["status"] == "logged_out"
+    assert "init_account.py" in (await status_of(pool, b))["last_error"]
+    assert not service.registry.holds(b)                         # its work waits for it
+    from processing_queue import RetryLater
+    with pytest.raises(RetryLater):                              # not counted as an attempt
+        await service.downloader.download(type("J", (), dict(id=1, account_id=b, source_chat_id=chat_b,
+                                                             source_message_id=1, media_key=photo))())
+    await service.scanner.sweep_chat(a, chat_a)                  # the other account goes on
+    assert len(await jobs(pool, chat_a)) == 150
+    [checkpoint] = await rows(pool, "SELECT deferred_until FROM scan_checkpoints WHERE chat_id = %s", chat_b)
+    assert checkpoint["deferred_until"] is None                  # the chat is not blamed
+
+
+async def test_a_banned_hub_account_makes_posts_wait_not_fail(tg, pool):
+    a = await tg.add_account(A)
+    chat, [message] = await chat_with_photos(tg, A, a)
+    service = await tg.service()
+    await service.scanner.sweep_chat(a, chat)
+    person = await make_person(pool, "Barack Obama")
+    await due(pool, person, await analysed(pool, chat, message))
+    tg.server.ban(A)
+    await service.uploader.post_due()
+    [row] = await outbox(pool)
+    assert row["status"] == "pending" and row["attempts"] == 0, row
+    assert (await status_of(pool, a))["status"] == "banned"
+    assert service.registry.hub_client() is None
+
+
+async def test_a_frozen_hub_account_stops_posting_and_says_so(tg, pool):
+    a = await tg.add_account(A)
+    chat, [message] = await chat_with_photos(tg, A, a)
+    service = await tg.service()
+    await service.scanner.sweep_chat(a, chat)
+    person = await make_person(pool, "Barack Obama")
+    await due(pool, person, await analysed(pool, chat, message))
+    tg.server.freeze(A)
+    await service.uploader.post_due()
+    [row] = await outbox(pool)
+    assert row["status"] == "pending" and row["attempts"] == 0, row
+    status = await status_of(pool, a)
+    assert status["status"] == "frozen" and "@SpamBot" in status["last_error"]
+    assert tg.server.topics(tg.hub) == {}
+    await service.scanner.sweep_chat(a, chat)                    # reading still works
+    assert service.registry.holds(a)
+
+
+async def test_an_account_logged_in_again_is_used_again(tg, pool):
+    a = await tg.add_account(A)
+    service = await tg.service(account_check=0.05)
+    tg.server.revoke(A, "SESSION_REVOKED")
+    client = service.registry.client(a)
+    with pytest.raises(errors.SessionRevokedError):
+        await client.get_dialogs()
+    try:
+        await client.get_dialogs()
+    except errors.RPCError as exc:
+        await service.registry.account_problem(a, exc)
+    assert (await status_of(pool, a))["status"] == "logged_out"
+    tg.server.accounts[A].status = "ok"
+    tg.server.login(A, tg.session_path(A))                       # init_account.py, then:
+    await rows(pool, "UPDATE telegram_accounts SET status = 'active' WHERE id = %s", a)
+    task = asyncio.create_task(service.registry.run())
+    try:
+        await eventually(lambda: service.registry.holds(a), what="the account to be opened again")
+    finally:
+        service.registry.stop()
+        await task
+
+
+async def test_two_album_photos_whose_answers_were_lost_are_each_recorded_with_their_own_message(tg, pool):
+    """Both photos of an album from a basic group: same chat, same minute, no link. When both
+    answers are lost, each post must be recovered as its own message, not its sibling's."""
+    await tg.add_account(A)
+    b = await tg.add_account(B, hub_member=False)
+    group = tg.server.add_chat("Family", kind="group", members=[B])
+    photos = [tg.server.photo(FACES / name) for name in PHOTOS[:2]]
+    ids = [tg.server.post(group, p, grouped_id=42, deliver=False)[B] for p in photos]
+    await tg.watch(b, group)
+    service = await tg.service()
+    await service.scanner.sweep_chat(b, group)
+    person = await make_person(pool, "Barack Obama")
+    await service.topics.ensure_topic(person)
+    ups = [await due(pool, person, await analysed(pool, group, i)) for i in ids]
+    tg.server.fail("SendMediaRequest", "ConnectionError", accept=True, times=2)
+    await service.uploader.post_due()                        # hands both back after the first
+    await rows(pool, "UPDATE uploaded_media SET run_after = now()")
+    await service.uploader.post_due()                        # the second's answer is lost too
+    await rows(pool, "UPDATE uploaded_media SET run_after = now()")
+    await service.uploader.post_due()                        # both recovered
+    posts = {p.id: p for p in tg.server.posts(tg.hub)[1:]}
+    assert len(posts) == 2                                    # each posted once
+    for up, photo in zip(ups, photos):
+        [row] = await rows(pool, "SELECT * FROM uploaded_media WHERE id = %s", up)
+        assert row["status"] == "posted"
+        assert tg.server.media[posts[row["uploaded_message_id"]].media].sha256 == tg.server.media[photo].sha256

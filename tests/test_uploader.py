@@ -130,7 +130,7 @@ async def test_posts_go_into_a_new_topic_after_the_cover_by_reference(h, pool):
 @pytest.mark.parametrize("kind, username, expected", [
     ("channel", "news_pics", "https://t.me/news_pics/{id}"),
     ("supergroup", None, "https://t.me/c/{raw}/{id}"),
-    ("group", None, NO_LINK),
+    ("group", None, "message {id} " + NO_LINK),
 ])
 async def test_captions_link_to_the_source_message(h, pool, kind, username, expected):
     service, chat, [message] = await world_with_chat(h, kind=kind, username=username)
