@@ -27,12 +27,12 @@ from telegram_server import TelegramServer
 
 
 class ServerHarness:
-    def __init__(self, base: Path, pool: Any, **settings: Any):
+    def __init__(self, base: Path, pool: Any, *, clock: Any = None, **settings: Any):
         import config
 
         self.base = Path(base)
         self.pool = pool
-        self.server = TelegramServer()
+        self.server = TelegramServer(**({"clock": clock} if clock else {}))
         self.hub = self.server.add_hub("Faces hub")
         self.accounts: dict[str, int] = {}
         values = dict(tg_api_id=12345, tg_api_hash="0123456789abcdef0123456789abcdef", hub_group_id=self.hub,

@@ -37,7 +37,7 @@ The world is Telegram's:
 Faults: `server.fail("SendMediaRequest", "FLOOD_WAIT_30")`, `"FLOOD_PREMIUM_WAIT_900"`,
 `"RANDOM_ID_DUPLICATE"`, … (any Telegram error message; the code comes from Telethon's table),
 `"ConnectionError"` (the connection broke: the caller gets `ConnectionError`), `"hang"` (no
-answer, ever). `accept=True`: the server applies the request, then the answer is lost (the
+answer, ever), `"expire_reference"` (every file reference expires just before the request). `accept=True`: the server applies the request, then the answer is lost (the
 error is what the caller sees) — a post or a topic Telegram has but the client never heard of.
 
     server = TelegramServer()
@@ -61,6 +61,7 @@ import itertools
 import logging
 import re
 import struct
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -202,14 +203,15 @@ class Fault:
 class TelegramServer:
     """The state of a fake Telegram, and the handlers of the requests its clients send."""
 
-    def __init__(self, *, dc_id: int = DC_ID):
+    def __init__(self, *, dc_id: int = DC_ID, clock=time.monotonic):
         self.dc_id = dc_id
+        self.clock = clock
         self.accounts: dict[str, Account] = {}
         self.users: dict[int, dict] = {}
         self.chats: dict[int, Chat] = {}          # channels, supergroups, basic groups by marked id
         self.media: dict[str, Media] = {}
         self.faults: list[Fault] = []
-        self.calls: list[tuple[str, str]] = []    # (phone, request class name), in order
+        self.calls: list[tuple[str, str, float]] = []   # (phone, request class name, clock()), in order
         self.downloads: dict[str, int] = {}       # media key -> complete downloads
         self.senders: dict[str, set[FakeSender]] = {}
         self._seq = itertools.count(1000)
@@ -358,7 +360,17 @@ class TelegramServer:
                 if not m.deleted and m.action is None and (topic is None or m.topic == topic)]
 
     def requests(self, name: str | None = None, phone: str | None = None) -> list[str]:
-        return [n for p, n in self.calls if (name is None or n == name) and (phone is None or p == phone)]
+        return [n for p, n, _ in self.calls if (name is None or n == name) and (phone is None or p == phone)]
+
+    def callers(self, name: str) -> list[str]:
+        """The phones that sent request `name`, in order."""
+        return [p for p, n, _ in self.calls if n == name]
+
+    def call_times(self, *names: str) -> list[float]:
+        return [t for _, n, t in self.calls if n in names]
+
+    def downloads_total(self) -> int:
+        return sum(self.downloads.values())
 
     # --- clients ----------------------------------------------------------------------------------
 
@@ -552,7 +564,7 @@ class TelegramServer:
             return self._config()
         if phone is None:
             raise RpcFailure(401, "AUTH_KEY_UNREGISTERED")
-        self.calls.append((phone, name))
+        self.calls.append((phone, name, self.clock()))
         account = self.accounts[phone]
         if account.status in ("revoked", "session_revoked"):
             raise RpcFailure(401, "SESSION_REVOKED" if account.status == "session_revoked" else "AUTH_KEY_UNREGISTERED")
@@ -561,6 +573,9 @@ class TelegramServer:
         if account.status == "frozen" and name in _WRITES:
             raise RpcFailure(420, "FROZEN_METHOD_INVALID")
         fault = self._fault(phone, name)
+        if fault is not None and fault.error == "expire_reference":
+            self.expire_references()   # file references expire just before this request
+            fault = None
         if fault is not None and not fault.accept:
             raise fault_error(fault.error)
         handler = getattr(self, f"_req_{name}", None)
