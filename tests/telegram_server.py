@@ -1019,6 +1019,12 @@ def error_code(message: str) -> int:
 
 
 def fault_error(error: str) -> BaseException:
+    """The error a fault names: a Telegram error message (its code from Telethon's table), or
+    "<code>:<message>" for an error Telethon has no class for (e.g. "500:INTERNAL",
+    "-503:Timeout"), "ConnectionError" or "hang"."""
+    coded = re.match(r"^(-?\d+):(.+)$", error)
+    if coded:
+        return RpcFailure(int(coded.group(1)), coded.group(2))
     if error == "ConnectionError":
         return ConnectionError("fake Telegram: the connection broke")
     if error == "hang":
