@@ -163,7 +163,8 @@ async def download_message(client: Any, message: Any, target: Path, *, chat_id: 
     try:
         for attempt in range(refreshes + 1):
             try:
-                written = await _without_stalls(client.download_media(message, file=str(temp)), temp, stall_timeout)
+                written = await without_stalls(client.download_media(message, file=str(temp)),
+                                               lambda: temp.stat().st_size if temp.exists() else 0, stall_timeout)
                 break
             except (errors.FileReferenceExpiredError, errors.FileReferenceInvalidError):
                 if attempt == refreshes:
@@ -179,9 +180,10 @@ async def download_message(client: Any, message: Any, target: Path, *, chat_id: 
         await asyncio.to_thread(_remove, temp)
 
 
-async def _without_stalls(download: Any, temp: Path, stall_timeout: float):
-    """Await `download`, giving up when the temporary file stops growing for `stall_timeout` s."""
-    task = asyncio.ensure_future(download)
+async def without_stalls(transfer: Any, progress: Any, stall_timeout: float):
+    """Await `transfer` (a download or an upload), giving up with `asyncio.TimeoutError` when
+    `progress()` (bytes so far) stays the same for `stall_timeout` seconds."""
+    task = asyncio.ensure_future(transfer)
     size, since = -1, asyncio.get_running_loop().time()
     try:
         while True:
@@ -189,11 +191,11 @@ async def _without_stalls(download: Any, temp: Path, stall_timeout: float):
             if done:
                 return task.result()
             now = asyncio.get_running_loop().time()
-            current = temp.stat().st_size if temp.exists() else 0
+            current = progress()
             if current != size:
                 size, since = current, now
             elif now - since >= stall_timeout:
-                raise asyncio.TimeoutError(f"the download made no progress for {stall_timeout:.0f} s")
+                raise asyncio.TimeoutError(f"the transfer made no progress for {stall_timeout:.0f} s")
     finally:
         if not task.done():
             task.cancel()

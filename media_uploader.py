@@ -57,7 +57,7 @@ from telethon import errors, functions, types, utils
 
 from accounts import flood_wait_left, record_flood_wait, sleep_or_stop, stopped
 from database import queries
-from downloads import MediaChanged, download_message, fetch_message, media_extension
+from downloads import MediaChanged, download_message, fetch_message, media_extension, without_stalls
 from processing_queue import PermanentJobError, record_error
 from telegram_errors import FLOOD_WAITS, account_state
 from topics import HubUnavailable, PersonNotPostable, is_topic_gone, message_id_from_updates
@@ -149,7 +149,7 @@ class MediaUploader:
 
     def __init__(self, registry: AccountRegistry, pool: AsyncConnectionPool, settings: Settings,
                  topics: TopicManager, *, batch: int = 10, poll_interval: float = 2.0,
-                 max_attempts: int = 5, reference_refreshes: int = 2):
+                 max_attempts: int = 5, reference_refreshes: int = 2, stall_timeout: float = 300.0):
         self.registry = registry
         self.pool = pool
         self.settings = settings
@@ -158,6 +158,7 @@ class MediaUploader:
         self.poll_interval = poll_interval
         self.max_attempts = max_attempts
         self.reference_refreshes = reference_refreshes
+        self.stall_timeout = stall_timeout   # an upload without progress this long is abandoned
         # A 'sending' row is taken over after this long (its process died); longer than any
         # flood wait Telethon sleeps through inside one send.
         self.lease_seconds = max(600.0, 2.0 * settings.flood_sleep_threshold + 120.0)
@@ -446,7 +447,10 @@ class MediaUploader:
             else:
                 path = Path(source["staged_path"])
             try:
-                uploaded = await self.topics.client().upload_file(str(path))
+                sent = [0]
+                uploaded = await without_stalls(
+                    self.topics.client().upload_file(str(path), progress_callback=lambda done, _: sent.__setitem__(0, done)),
+                    lambda: sent[0], self.stall_timeout)
             except FileNotFoundError as exc:   # the job finished and removed it just now
                 raise _Skip("the downloaded file is gone") from exc
             media = upload_media(uploaded, item, path, message)

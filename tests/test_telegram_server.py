@@ -391,3 +391,43 @@ async def test_an_album_photo_whose_answer_was_lost_is_recorded_with_its_own_mes
         [row] = await rows(pool, "SELECT * FROM uploaded_media WHERE id = %s", up)
         assert row["status"] == "posted"
         assert tg.server.media[posts[row["uploaded_message_id"]].media].sha256 == tg.server.media[photo].sha256
+
+
+# --- transfers that stall ------------------------------------------------------------------------------
+
+
+async def test_a_download_that_stalls_is_abandoned_and_leaves_no_file(tg, pool):
+    a = await tg.add_account(A)
+    chat, [message] = await chat_with_photos(tg, A, a)
+    service = await tg.service()
+    await service.scanner.sweep_chat(a, chat)
+    [job] = await rows(pool, "SELECT * FROM media_jobs")
+    from processing_queue import Job
+    service.downloader.stall_timeout = 1.0
+    tg.server.fail("GetFileRequest", "hang")                       # Telegram never answers
+    with pytest.raises(asyncio.TimeoutError, match="no progress"):   # (not the test's own limit)
+        await asyncio.wait_for(service.downloader.download(Job.from_row(job)), 20)
+    from pathlib import Path
+    assert not list(Path(tg.settings.staging_path).glob("*"))
+    path = await service.downloader.download(Job.from_row(job))     # the queue's next try works
+    assert path.read_bytes() == (FACES / PHOTOS[0]).read_bytes()
+
+
+async def test_an_upload_that_stalls_hands_the_post_back(tg, pool):
+    await tg.add_account(A)
+    b = await tg.add_account(B, hub_member=False)
+    chat, [message] = await chat_with_photos(tg, B, b)               # posted by upload
+    service = await tg.service()
+    await service.scanner.sweep_chat(b, chat)
+    person = await make_person(pool, "Barack Obama")
+    await service.topics.ensure_topic(person)
+    await due(pool, person, await analysed(pool, chat, message))
+    service.uploader.stall_timeout = 1.0
+    tg.server.fail("SaveFilePartRequest", "hang")
+    await asyncio.wait_for(service.uploader.post_due(), 20)
+    [row] = await outbox(pool)
+    assert row["status"] == "pending" and row["attempts"] == 0, row   # waits, not counted
+    await rows(pool, "UPDATE uploaded_media SET run_after = now()")
+    await service.uploader.post_due()
+    [row] = await outbox(pool)
+    assert row["status"] == "posted"
