@@ -251,6 +251,8 @@ class AccountRegistry:
                 logger.error("account %s (%s) is not used: %s", account.id, mask_phone(account.phone), exc)
                 await self._note_problem(account.id, str(exc),
                                          status=None if isinstance(exc, SessionBusy) else exc.state or "error")
+                if not isinstance(exc, SessionBusy):
+                    self._dropped[account.id] = account   # opened once it is logged in again
             except (OSError, asyncio.TimeoutError) as exc:
                 # Telegram unreachable right now: keep the client, run() connects it later.
                 logger.warning("account %s: cannot connect yet (%s); retrying in the background",
