@@ -366,6 +366,7 @@ class MediaUploader:
 
     async def _try_plans(self, row: dict[str, Any], item: dict[str, Any], plans: list, topic_id: int) -> tuple[int, str | None]:
         problems = []
+        waits = False
         for how, source in plans:
             caption = caption_for(source, source["message_date"])
             try:
@@ -375,6 +376,7 @@ class MediaUploader:
                     message_id = await self._by_upload(row, item, source, caption, topic_id, download=how == "download")
             except _Skip as exc:
                 problems.append(f"{how} from chat {source['source_chat_id']}: {exc}")
+                waits = waits or isinstance(exc, _AccountWaits)
                 continue
             except errors.RandomIdDuplicateError:
                 found = await self.topics.find_post(topic_id, caption,
@@ -382,6 +384,8 @@ class MediaUploader:
                 note = "already posted before a restart" + ("" if found else "; its message was not found")
                 return found or 0, note
             return message_id, None if how == "reference" else f"uploaded ({how})"
+        if waits:   # an account that may come back could still post it
+            raise _Later(600.0, "waiting for an account: " + "; ".join(problems))
         raise _Unpostable("failed", "no way to post it: " + "; ".join(problems))
 
     async def _send(self, media: Any, caption: str, topic_id: int, random_id: int) -> int:
@@ -430,20 +434,37 @@ class MediaUploader:
         except errors.MessageIdInvalidError as exc:
             raise _Skip(f"the source message is gone ({type(exc).__name__})") from exc
 
+    async def _download_source(self, row: dict[str, Any], item: dict[str, Any], source: dict[str, Any]):
+        """Download the source message's media with the account that reads its chat, into a
+        temporary file (the caller removes it); (path, message). That account being logged
+        out, banned or frozen is its problem, not the hub's: it is marked, and this source skipped."""
+        client = self.registry.client(source["account_id"])
+        try:
+            message = await self._fetch(client, source, item["media_key"])
+            if getattr(message, "noforwards", False) and not self.settings.repost_protected_chats:
+                raise _Skip("the message is protected")
+            self.staging.mkdir(parents=True, exist_ok=True)
+            temp = self.staging / f"upload-{row['id']}{media_extension(message)}"
+            try:
+                return await download_message(client, message, temp, chat_id=source["source_chat_id"],
+                                              media_key=item["media_key"]), message
+            except BaseException:
+                await asyncio.to_thread(_remove, temp)
+                raise
+        except errors.RPCError as exc:
+            state = await self.registry.account_problem(source["account_id"], exc)
+            if state is None:
+                raise
+            raise _AccountWaits(f"account {source['account_id']} is {state}") from exc
+
     async def _by_upload(self, row: dict[str, Any], item: dict[str, Any], source: dict[str, Any], caption: str,
                          topic_id: int, *, download: bool) -> int:
         message = None
         temp: Path | None = None
         try:
             if download:
-                client = self.registry.client(source["account_id"])
-                message = await self._fetch(client, source, item["media_key"])
-                if getattr(message, "noforwards", False) and not self.settings.repost_protected_chats:
-                    raise _Skip("the message is protected")
-                self.staging.mkdir(parents=True, exist_ok=True)
-                temp = self.staging / f"upload-{row['id']}{media_extension(message)}"
-                path = await download_message(client, message, temp, chat_id=source["source_chat_id"],
-                                              media_key=item["media_key"])
+                path, message = await self._download_source(row, item, source)
+                temp = path
             else:
                 path = Path(source["staged_path"])
             try:
@@ -481,6 +502,10 @@ def upload_media(uploaded: Any, item: dict[str, Any], path: Path, message: Any =
         if item["media_type"] == "gif":
             attributes.append(types.DocumentAttributeAnimated())
     return types.InputMediaUploadedDocument(file=uploaded, mime_type=mime, attributes=attributes)
+
+
+class _AccountWaits(_Skip):
+    """This source's account cannot be used now (logged out, banned, frozen): the post waits."""
 
 
 class _Unpostable(Exception):

@@ -431,3 +431,19 @@ async def test_an_upload_that_stalls_hands_the_post_back(tg, pool):
     await service.uploader.post_due()
     [row] = await outbox(pool)
     assert row["status"] == "posted"
+
+
+async def test_a_reading_account_logged_out_makes_its_posts_wait_and_leaves_the_hub_account_alone(tg, pool):
+    a = await tg.add_account(A)
+    b = await tg.add_account(B, hub_member=False)
+    chat, [message] = await chat_with_photos(tg, B, b)               # only B can fetch it
+    service = await tg.service()
+    await service.scanner.sweep_chat(b, chat)
+    person = await make_person(pool, "Barack Obama")
+    await due(pool, person, await analysed(pool, chat, message))
+    tg.server.revoke(B)
+    await service.uploader.post_due()
+    [row] = await outbox(pool)
+    assert row["status"] == "pending" and row["attempts"] == 0, row   # waits for B, not failed
+    assert (await status_of(pool, b))["status"] == "logged_out"
+    assert (await status_of(pool, a))["status"] == "active"          # the hub account is fine
