@@ -13,6 +13,12 @@
   scanner sweep the account's chats again (updates missed while offline are found that way).
 - Long flood waits pause only the account that got them: `record_flood_wait` writes
   `telegram_accounts.flood_wait_until` (with jitter), which every component checks.
+- An account Telegram logged out, banned or froze (telegram_errors.account_state) is marked in
+  `telegram_accounts.status` ('logged_out', 'banned', 'frozen') with what to do in last_error,
+  by whichever component met the error (`account_problem`). A logged-out or banned account's
+  client is dropped, so its work waits (downloads: not held, sweeps: not connected) while the
+  other accounts go on; once the operator logs it in again (init_account.py sets it 'active'),
+  `run()` opens it again. A frozen account keeps its client for reading but does not post.
 """
 
 from __future__ import annotations
@@ -54,23 +60,38 @@ class Account:
 ClientFactory = Callable[[Account, "Settings"], Any]
 
 
+def client_options(settings: Settings) -> dict[str, Any]:
+    """How every Telethon client of the daemon is built (tests build theirs the same way)."""
+    return dict(
+        flood_sleep_threshold=settings.flood_sleep_threshold,
+        # Updates missed while offline are found by the history sweeps, not by getDifference.
+        catch_up=False, auto_reconnect=True, connection_retries=10, retry_delay=2,
+        request_retries=5,
+        # After its retries, `_call` raises the last error Telegram gave instead of a bare
+        # ValueError("Request was unsuccessful"). RANDOM_ID_DUPLICATE is a 500 in Telethon's
+        # table: only with this does the code that recovers a post or a topic whose answer was
+        # lost ever see `RandomIdDuplicateError` (DESIGN §3, "Lost answers").
+        raise_last_call_error=True,
+    )
+
+
 def telethon_client(account: Account, settings: Settings):
     """The production client factory: a Telethon client on the account's session file."""
     from telethon import TelegramClient
 
     if not settings.telegram_configured:
         raise AccountError("TG_API_ID and TG_API_HASH are not set (get them at https://my.telegram.org/apps)")
-    return TelegramClient(
-        str(account.session_path), settings.tg_api_id, settings.tg_api_hash.get_secret_value(),
-        flood_sleep_threshold=settings.flood_sleep_threshold,
-        # Updates missed while offline are found by the history sweeps, not by getDifference.
-        catch_up=False, auto_reconnect=True, connection_retries=10, retry_delay=2,
-        request_retries=5,
-    )
+    return TelegramClient(str(account.session_path), settings.tg_api_id, settings.tg_api_hash.get_secret_value(),
+                          **client_options(settings))
 
 
 class AccountError(Exception):
-    """An account cannot be used as it is; the message says what to do."""
+    """An account cannot be used as it is; the message says what to do. `state`: the
+    telegram_accounts.status it is in ('logged_out', 'banned'), if Telegram said."""
+
+    def __init__(self, message: str, *, state: str | None = None):
+        super().__init__(message)
+        self.state = state
 
 
 class SessionBusy(AccountError):
@@ -186,6 +207,7 @@ class _Held:
     lock: SessionLock
     generation: int = 1
     user_id: int | None = None
+    state: str = "active"         # or 'frozen': reads, does not write
 
 
 class AccountRegistry:
@@ -205,6 +227,7 @@ class AccountRegistry:
         self.connect_timeout = connect_timeout
         self.hub_account_id: int | None = None
         self._held: dict[int, _Held] = {}
+        self._dropped: dict[int, Account] = {}   # logged out or banned while running
         self._stopping = asyncio.Event()
 
     # --- start and stop ------------------------------------------------------------------------
@@ -226,7 +249,10 @@ class AccountRegistry:
                 await self._open(account)
             except AccountError as exc:
                 logger.error("account %s (%s) is not used: %s", account.id, mask_phone(account.phone), exc)
-                await self._note_problem(account.id, str(exc), status=None if isinstance(exc, SessionBusy) else "error")
+                await self._note_problem(account.id, str(exc),
+                                         status=None if isinstance(exc, SessionBusy) else exc.state or "error")
+                if not isinstance(exc, SessionBusy):
+                    self._dropped[account.id] = account   # opened once it is logged in again
             except (OSError, asyncio.TimeoutError) as exc:
                 # Telegram unreachable right now: keep the client, run() connects it later.
                 logger.warning("account %s: cannot connect yet (%s); retrying in the background",
@@ -286,7 +312,7 @@ class AccountRegistry:
             # Not a logout: treated like an outage, so start() and run() try again later (after
             # the flood wait, if it is one: asking again during it would only make it longer).
             await _disconnect(client)
-            if isinstance(exc, errors.FloodWaitError):
+            if isinstance(exc, (errors.FloodWaitError, errors.FloodPremiumWaitError)):
                 await record_flood_wait(self.pool, account.id, exc.seconds, "checking the login")
             raise ConnectionError(f"Telegram did not say who the account is ({type(exc).__name__}: {exc})") from exc
         if me is None or isinstance(me, Exception):
@@ -294,8 +320,10 @@ class AccountRegistry:
             await _disconnect(client)
             held.lock.release()
             why = f" (Telegram said: {me})" if isinstance(me, Exception) else ""
+            from telegram_errors import account_state
             raise AccountError(f"the session {account.session_path.name} is not logged in{why}: run "
-                               f"`python init_account.py` for this phone number")
+                               f"`python init_account.py` for this phone number",
+                               state=account_state(me) if isinstance(me, Exception) else "logged_out")
         held.user_id = me.id
         name = " ".join(p for p in (getattr(me, "first_name", None), getattr(me, "last_name", None)) if p)
         async with self.pool.connection() as conn:
@@ -345,7 +373,8 @@ class AccountRegistry:
         """The client that posts to the hub, or None if this process does not hold it."""
         if self.hub_account_id is None or self.hub_account_id not in self._held:
             return None
-        return self._held[self.hub_account_id].client
+        held = self._held[self.hub_account_id]
+        return held.client if held.state == "active" else None
 
     def is_connected(self, account_id: int) -> bool:
         held = self._held.get(account_id)
@@ -375,12 +404,68 @@ class AccountRegistry:
                     continue
                 except AccountError as exc:
                     logger.error("account %s is not used: %s", held.account.id, exc)
-                    await self._note_problem(held.account.id, str(exc), status="error")
+                    await self._note_problem(held.account.id, str(exc), status=exc.state or "error")
+                    self._dropped[held.account.id] = held.account
                     continue
                 held.generation += 1
                 logger.info("account %s reconnected; its chats are swept again for anything missed",
                             held.account.id)
+            await self._reopen_logged_in_again()
             await sleep_or_stop(self.check_interval, self._stopping, stop_event)
+
+    async def account_problem(self, account_id: int, exc: BaseException) -> str | None:
+        """If `exc` says account `account_id` is logged out, banned or frozen: mark it (status
+        and what to do), drop its client unless it is only frozen, and return the state; else
+        None. Every component calls this with the Telegram errors it meets."""
+        from telegram_errors import ACCOUNT_ADVICE, account_state
+
+        state = account_state(exc)
+        if state is None:
+            return None
+        held = self._held.get(account_id)
+        if held is not None and held.state == state:
+            return state
+        logger.error("account %s: %s (Telegram said %s)", account_id, ACCOUNT_ADVICE[state], type(exc).__name__)
+        await self._note_problem(account_id, f"{ACCOUNT_ADVICE[state]} (Telegram said {type(exc).__name__})",
+                                 status=state)
+        if held is not None:
+            if state == "frozen":
+                held.state = state
+            else:
+                self._held.pop(account_id, None)
+                self._dropped[account_id] = held.account
+                try:
+                    await _disconnect(held.client)
+                finally:
+                    held.lock.release()
+        return state
+
+    async def _reopen_logged_in_again(self) -> None:
+        """Open the accounts dropped while running whose status is 'active' again."""
+        if not self._dropped:
+            return
+        async with self.pool.connection() as conn:
+            rows = await (await conn.execute(queries.tg_account_statuses,
+                                             {"account_ids": list(self._dropped)})).fetchall()
+        for account_id, status in rows:
+            if status != "active":
+                continue
+            account = self._dropped.pop(account_id)
+            try:
+                await self._open(account)
+            except AccountError as exc:   # still not usable (the lock is released)
+                logger.warning("account %s is active again but cannot be used: %s", account_id, exc)
+                self._dropped[account_id] = account
+                continue
+            except (OSError, asyncio.TimeoutError) as exc:   # held; run() connects it later
+                logger.warning("account %s is logged in again but offline (%s)", account_id, exc)
+                continue
+            logger.info("account %s is logged in again; its work goes on", account_id)
+
+    def state(self, account_id: int) -> str | None:
+        """'active' or 'frozen' for a held account, else None."""
+        held = self._held.get(account_id)
+        return held.state if held else None
 
 
 async def _disconnect(client) -> None:

@@ -11,9 +11,16 @@
 - Deduplication happens before any download: the worker pool finishes a job whose media item
   is already analysed without calling `download()`; if a twin job finished in between, this
   raises `AlreadyAnalysed`, a short `RetryLater`, and the pool then finishes it as a duplicate.
-- Errors are the queue's: the message or its media is gone → `PermanentJobError`; too large →
-  `JobSkipped`; this process does not hold the account → `RetryLater`. A long `FloodWaitError`
-  propagates: the queue's retry policy defers the job and pauses the account.
+- The fetched message must still carry the job's media (`media_key`): a message edited to carry
+  another photo is skipped with a note (`MediaChanged`), never analysed under the old key.
+- Errors are the queue's: the message or its media is gone → `PermanentJobError`; too large or
+  edited → `JobSkipped`; this process does not hold the account → `RetryLater`. A long flood
+  wait (`FloodWaitError`, and `FloodPremiumWaitError` given to the queue as one) propagates: the
+  queue's retry policy defers the job and pauses the account. An error that says the account is
+  logged out, banned or frozen marks the account (`AccountRegistry.account_problem`) and the job
+  waits, not counted (`RetryLater`).
+- A download that makes no progress for `stall_timeout` seconds is abandoned (`TimeoutError`, an
+  outage for the queue), so a stalled `GetFile` cannot hold a download slot forever.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from telethon import errors, types
 from database import queries
 from processing_queue import JobSkipped, PermanentJobError, RetryLater
 from scanners import classify, resolve_input_entity
+from telegram_errors import FLOOD_WAITS, account_state, as_flood_wait
 
 if TYPE_CHECKING:
     from psycopg_pool import AsyncConnectionPool
@@ -39,6 +47,10 @@ if TYPE_CHECKING:
     from config import Settings
 
 logger = logging.getLogger(__name__)
+
+
+class MediaChanged(JobSkipped):
+    """The message now carries other media than the job's (it was edited)."""
 
 
 class AlreadyAnalysed(RetryLater):
@@ -70,13 +82,14 @@ class MediaDownloadManager:
     """Downloads jobs' media for the accounts this process holds."""
 
     def __init__(self, registry: AccountRegistry, pool: AsyncConnectionPool, settings: Settings, *,
-                 per_account: int = 2, reference_refreshes: int = 3):
+                 per_account: int = 2, reference_refreshes: int = 3, stall_timeout: float = 300.0):
         self.registry = registry
         self.pool = pool
         self.settings = settings
         self.staging = Path(settings.staging_path)
         self.per_account = per_account
         self.reference_refreshes = reference_refreshes
+        self.stall_timeout = stall_timeout
         self._slots: dict[int, asyncio.Semaphore] = {}
         self.downloads = 0
 
@@ -96,18 +109,28 @@ class MediaDownloadManager:
             raise AlreadyAnalysed(job.media_key)
         client = self.registry.client(job.account_id)
         async with self._slot(job.account_id):
-            message = await fetch_message(client, job.source_chat_id, job.source_message_id)
-            info = classify(message)
-            if info is None:
-                raise PermanentJobError("the message no longer has a photo or video (edited?)")
-            if info.file_size is not None and info.file_size > self.settings.max_media_bytes:
-                raise JobSkipped(f"{info.file_size / 2**20:.0f} MB is more than MAX_MEDIA_SIZE_MB")
-            self.staging.mkdir(parents=True, exist_ok=True)
-            target = self.staging / f"{job.id}{media_extension(message)}"
-            await download_message(client, message, target, chat_id=job.source_chat_id,
-                                   refreshes=self.reference_refreshes)
-            self.downloads += 1
-            return target
+            try:
+                return await self._download(client, job)
+            except FLOOD_WAITS as exc:
+                raise as_flood_wait(exc) from exc
+            except errors.RPCError as exc:
+                if account_state(exc) is None:
+                    raise
+                await self.registry.account_problem(job.account_id, exc)
+                raise RetryLater(600.0, f"account {job.account_id} cannot be used: {type(exc).__name__}") from exc
+
+    async def _download(self, client: Any, job: Any) -> Path:
+        message = await fetch_message(client, job.source_chat_id, job.source_message_id, media_key=job.media_key)
+        info = classify(message)
+        if info.file_size is not None and info.file_size > self.settings.max_media_bytes:
+            raise JobSkipped(f"{info.file_size / 2**20:.0f} MB is more than MAX_MEDIA_SIZE_MB")
+        self.staging.mkdir(parents=True, exist_ok=True)
+        target = self.staging / f"{job.id}{media_extension(message)}"
+        await download_message(client, message, target, chat_id=job.source_chat_id,
+                               refreshes=self.reference_refreshes, media_key=job.media_key,
+                               stall_timeout=self.stall_timeout)
+        self.downloads += 1
+        return target
 
     async def _analysed(self, media_key: str) -> bool:
         async with self.pool.connection() as conn:
@@ -115,37 +138,67 @@ class MediaDownloadManager:
         return bool(row and row[1] == "analysed")
 
 
-async def fetch_message(client: Any, chat_id: int, message_id: int):
+async def fetch_message(client: Any, chat_id: int, message_id: int, *, media_key: str | None = None):
     """The message `message_id` of chat `chat_id`, fetched now (fresh file references).
-    Raises `PermanentJobError` if it was deleted."""
+    Raises `PermanentJobError` if it was deleted, `MediaChanged` if it no longer carries the
+    media `media_key` (when given)."""
     entity = await resolve_input_entity(client, chat_id)
     message = await client.get_messages(entity, ids=message_id)
     if message is None or isinstance(message, types.MessageEmpty) or getattr(message, "media", None) is None:
         raise PermanentJobError(f"message {message_id} of chat {chat_id} was deleted (or lost its media)")
+    if media_key is not None:
+        info = classify(message)
+        if info is None or info.media_key != media_key:
+            raise MediaChanged(f"message {message_id} of chat {chat_id} was edited: it carries "
+                               f"{info.media_key if info else 'no photo or video'} now, not {media_key}")
     return message
 
 
-async def download_message(client: Any, message: Any, target: Path, *, chat_id: int, refreshes: int = 3) -> Path:
+async def download_message(client: Any, message: Any, target: Path, *, chat_id: int, refreshes: int = 3,
+                           media_key: str | None = None, stall_timeout: float = 300.0) -> Path:
     """Download `message`'s media to `target` through a temporary file; an expired file reference
-    fetches the message again and retries (up to `refreshes` times)."""
+    fetches the message again (it must still carry `media_key`) and retries (up to `refreshes`
+    times). No progress for `stall_timeout` seconds: `asyncio.TimeoutError`."""
     temp = target.with_name(f"{target.stem}.{secrets.token_hex(4)}.part")
     try:
         for attempt in range(refreshes + 1):
             try:
-                written = await client.download_media(message, file=str(temp))
+                written = await without_stalls(client.download_media(message, file=str(temp)),
+                                               lambda: temp.stat().st_size if temp.exists() else 0, stall_timeout)
                 break
             except (errors.FileReferenceExpiredError, errors.FileReferenceInvalidError):
                 if attempt == refreshes:
                     raise
                 logger.info("chat %s message %s: file reference expired; fetching the message again",
                             chat_id, message.id)
-                message = await fetch_message(client, chat_id, message.id)
+                message = await fetch_message(client, chat_id, message.id, media_key=media_key)
         if written is None:
             raise PermanentJobError(f"message {message.id} of chat {chat_id} has nothing to download")
         await asyncio.to_thread(os.replace, written, target)
         return target
     finally:
         await asyncio.to_thread(_remove, temp)
+
+
+async def without_stalls(transfer: Any, progress: Any, stall_timeout: float):
+    """Await `transfer` (a download or an upload), giving up with `asyncio.TimeoutError` when
+    `progress()` (bytes so far) stays the same for `stall_timeout` seconds."""
+    task = asyncio.ensure_future(transfer)
+    size, since = -1, asyncio.get_running_loop().time()
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=min(5.0, stall_timeout))
+            if done:
+                return task.result()
+            now = asyncio.get_running_loop().time()
+            current = progress()
+            if current != size:
+                size, since = current, now
+            elif now - since >= stall_timeout:
+                raise asyncio.TimeoutError(f"the transfer made no progress for {stall_timeout:.0f} s")
+    finally:
+        if not task.done():
+            task.cancel()
 
 
 def _remove(path: Path) -> None:

@@ -15,7 +15,7 @@ CREATE TABLE schema_migrations (
     applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
 );
 INSERT INTO schema_migrations (version, name) VALUES (1, 'seed_schema'), (2, 'face_archiver'),
-                                                     (3, 'topic_request');
+                                                     (3, 'topic_request'), (4, 'telegram_ids_and_account_states');
 
 -- The face engine that made the stored embeddings (one row at most). Embeddings of two models
 -- are not comparable, so the application refuses to start with another engine.
@@ -33,7 +33,10 @@ CREATE TABLE telegram_accounts (
     id SERIAL PRIMARY KEY,
     phone_number VARCHAR(20) UNIQUE NOT NULL,
     session_file_path VARCHAR(255) NOT NULL,
-    status VARCHAR(20) DEFAULT 'active' CHECK (status IN ('active', 'paused', 'error')),
+    -- logged_out / banned / frozen: Telegram said so (telegram_errors.py); the account's work waits
+    status VARCHAR(20) DEFAULT 'active'
+        CONSTRAINT telegram_accounts_status_check
+        CHECK (status IN ('active', 'paused', 'error', 'logged_out', 'banned', 'frozen')),
     created_at TIMESTAMPTZ DEFAULT CURRENT_TIMESTAMP,
     last_active TIMESTAMPTZ DEFAULT CURRENT_TIMESTAMP,
     telegram_user_id BIGINT,
@@ -155,7 +158,10 @@ CREATE TABLE media_jobs (
     created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
     updated_at TIMESTAMPTZ NOT NULL DEFAULT now(),
     finished_at TIMESTAMPTZ,
-    UNIQUE (source_chat_id, source_message_id)
+    -- The account whose id space source_message_id belongs to: private chats and basic groups
+    -- number messages per account; 0 for channels, supergroups and exports.
+    id_scope INTEGER NOT NULL DEFAULT 0,
+    CONSTRAINT media_jobs_message_key UNIQUE (source_chat_id, source_message_id, id_scope)
 );
 CREATE INDEX idx_jobs_claimable ON media_jobs (run_after) WHERE status IN ('queued', 'staged');
 CREATE INDEX idx_jobs_account_status ON media_jobs (account_id, status);

@@ -16,7 +16,7 @@ their due rows are cancelled ('person hidden' rows come back when the person is 
 Caption: the source chat's title, a link to the source message (public chats:
 https://t.me/<username>/<id>; private supergroups and channels: https://t.me/c/<id>/<id>, which
 works for their members; basic groups and private chats have no message links, the caption says
-so) and the message's date.
+so, and names the message's id) and the message's date.
 
 Pacing: every write into the hub (posts, covers, topic creations and edits) waits for one token
 bucket, HUB_POSTS_PER_MINUTE (default 20) a minute, evenly spaced, never a burst above it.
@@ -30,7 +30,8 @@ Exactly one post per (person, media), across crashes and restarts:
   the row is still 'sending'. The next process to hold the hub session takes it over at once
   (only that process posts: one session, one process), a clean stop hands rows back, and a lease
   covers the rest; it is sent again with the same random_id; Telegram answers RandomIdDuplicateError,
-  and the uploader finds the message in the topic by its caption and records its id. Nothing
+  and the uploader finds the message in the topic (topics.find_post: its caption, not a message
+  another post already has, and its media when it was re-sent by reference) and records its id. Nothing
   is posted twice. The window is as small as it can be: the database write is the very next
   step after Telegram's answer and is shielded from cancellation. (If the earlier message can
   no longer be found, e.g. someone deleted it, the row is recorded as posted without an id
@@ -56,8 +57,9 @@ from telethon import errors, functions, types, utils
 
 from accounts import flood_wait_left, record_flood_wait, sleep_or_stop, stopped
 from database import queries
-from downloads import download_message, fetch_message, media_extension
+from downloads import MediaChanged, download_message, fetch_message, media_extension, without_stalls
 from processing_queue import PermanentJobError, record_error
+from telegram_errors import FLOOD_WAITS, account_state
 from topics import HubUnavailable, PersonNotPostable, is_topic_gone, message_id_from_updates
 
 if TYPE_CHECKING:
@@ -125,7 +127,9 @@ def caption_for(source: dict[str, Any], date: datetime | None) -> str:
     link = message_link(source["source_chat_id"], source["source_message_id"],
                         username=source.get("chat_username"), chat_type=source.get("chat_type"))
     when = date.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC") if date else "date unknown"
-    tail = f"\n{link or NO_LINK}\n{when}"
+    # Without a link the message's id keeps captions apart (two photos of one album would
+    # otherwise share one, and recovering a lost post could take its sibling: see find_post).
+    tail = f"\n{link or 'message ' + str(source['source_message_id']) + ' ' + NO_LINK}\n{when}"
     title = source.get("chat_title") or f"chat {source['source_chat_id']}"
     room = CAPTION_MAX - len(tail)
     if len(title) > room:
@@ -145,7 +149,7 @@ class MediaUploader:
 
     def __init__(self, registry: AccountRegistry, pool: AsyncConnectionPool, settings: Settings,
                  topics: TopicManager, *, batch: int = 10, poll_interval: float = 2.0,
-                 max_attempts: int = 5, reference_refreshes: int = 2):
+                 max_attempts: int = 5, reference_refreshes: int = 2, stall_timeout: float = 300.0):
         self.registry = registry
         self.pool = pool
         self.settings = settings
@@ -154,6 +158,7 @@ class MediaUploader:
         self.poll_interval = poll_interval
         self.max_attempts = max_attempts
         self.reference_refreshes = reference_refreshes
+        self.stall_timeout = stall_timeout   # an upload without progress this long is abandoned
         # A 'sending' row is taken over after this long (its process died); longer than any
         # flood wait Telethon sleeps through inside one send.
         self.lease_seconds = max(600.0, 2.0 * settings.flood_sleep_threshold + 120.0)
@@ -226,13 +231,17 @@ class MediaUploader:
             try:
                 await self.post(row)
                 handled += 1
-            except errors.FloodWaitError as exc:
+            except FLOOD_WAITS as exc:
                 wait = await record_flood_wait(self.pool, self.registry.hub_account_id, exc.seconds,
                                                "posting to the hub")
                 await self._hand_back(rows[index:], wait, f"flood wait of {exc.seconds} s on the hub account")
                 break
             except HubUnavailable as exc:
                 await self._hand_back(rows[index:], 60.0, str(exc))
+                break
+            except errors.RPCError as exc:   # only account states come here (see post)
+                state = await self.registry.account_problem(self.registry.hub_account_id, exc)
+                await self._hand_back(rows[index:], 60.0, f"the hub account is {state}: posts wait for it")
                 break
             except (ConnectionError, OSError, asyncio.TimeoutError) as exc:
                 await self._hand_back(rows[index:], 30.0, f"Telegram unreachable ({exc})")
@@ -256,8 +265,13 @@ class MediaUploader:
         except _Unpostable as exc:
             await self._give_up(row, exc.status, str(exc))
             return
-        except (errors.FloodWaitError, HubUnavailable, ConnectionError, OSError, asyncio.TimeoutError):
+        except (*FLOOD_WAITS, HubUnavailable, ConnectionError, OSError, asyncio.TimeoutError):
             raise
+        except errors.RPCError as exc:
+            if account_state(exc) is not None:
+                raise   # the account's problem, not the post's: post_due marks it, the row waits
+            await self._failed_attempt(row, exc)
+            return
         except _Later as exc:
             await self._retry(row, exc.delay, str(exc), counted=False)
             return
@@ -352,21 +366,26 @@ class MediaUploader:
 
     async def _try_plans(self, row: dict[str, Any], item: dict[str, Any], plans: list, topic_id: int) -> tuple[int, str | None]:
         problems = []
+        waits = False
         for how, source in plans:
             caption = caption_for(source, source["message_date"])
             try:
                 if how == "reference":
-                    message_id = await self._by_reference(row, source, caption, topic_id)
+                    message_id = await self._by_reference(row, item, source, caption, topic_id)
                 else:
                     message_id = await self._by_upload(row, item, source, caption, topic_id, download=how == "download")
             except _Skip as exc:
                 problems.append(f"{how} from chat {source['source_chat_id']}: {exc}")
+                waits = waits or isinstance(exc, _AccountWaits)
                 continue
             except errors.RandomIdDuplicateError:
-                found = await self.topics.find_post(topic_id, caption)
+                found = await self.topics.find_post(topic_id, caption,
+                                                    media_key=item["media_key"] if how == "reference" else None)
                 note = "already posted before a restart" + ("" if found else "; its message was not found")
                 return found or 0, note
             return message_id, None if how == "reference" else f"uploaded ({how})"
+        if waits:   # an account that may come back could still post it
+            raise _Later(600.0, "waiting for an account: " + "; ".join(problems))
         raise _Unpostable("failed", "no way to post it: " + "; ".join(problems))
 
     async def _send(self, media: Any, caption: str, topic_id: int, random_id: int) -> int:
@@ -385,9 +404,10 @@ class MediaUploader:
             raise RuntimeError("Telegram accepted the post but its message id is not in the answer")
         return message_id
 
-    async def _by_reference(self, row: dict[str, Any], source: dict[str, Any], caption: str, topic_id: int) -> int:
+    async def _by_reference(self, row: dict[str, Any], item: dict[str, Any], source: dict[str, Any], caption: str,
+                            topic_id: int) -> int:
         client = self.topics.client()
-        message = await self._fetch(client, source)
+        message = await self._fetch(client, source, item["media_key"])
         if getattr(message, "noforwards", False):
             raise _Skip("the message is protected")
         for attempt in range(self.reference_refreshes + 1):
@@ -396,20 +416,46 @@ class MediaUploader:
             except (errors.FileReferenceExpiredError, errors.FileReferenceInvalidError):
                 if attempt == self.reference_refreshes:
                     raise
-                message = await self._fetch(client, source)
+                message = await self._fetch(client, source, item["media_key"])
             except (errors.ChatForwardsRestrictedError, errors.MediaEmptyError) as exc:
                 raise _Skip(type(exc).__name__) from exc
         raise AssertionError("unreachable")
 
-    async def _fetch(self, client: Any, source: dict[str, Any]):
+    async def _fetch(self, client: Any, source: dict[str, Any], media_key: str):
+        """The source message, fetched now; it must still carry the post's media (`media_key`):
+        an edited message is skipped, never re-sent with what it carries now."""
         try:
-            return await fetch_message(client, source["source_chat_id"], source["source_message_id"])
-        except PermanentJobError as exc:
+            return await fetch_message(client, source["source_chat_id"], source["source_message_id"],
+                                       media_key=media_key)
+        except (PermanentJobError, MediaChanged) as exc:
             raise _Skip(str(exc)) from exc
         except (errors.ChannelPrivateError, errors.ChatForbiddenError, errors.ChannelInvalidError, ValueError) as exc:
             raise _Skip(f"cannot read the chat ({type(exc).__name__})") from exc
         except errors.MessageIdInvalidError as exc:
             raise _Skip(f"the source message is gone ({type(exc).__name__})") from exc
+
+    async def _download_source(self, row: dict[str, Any], item: dict[str, Any], source: dict[str, Any]):
+        """Download the source message's media with the account that reads its chat, into a
+        temporary file (the caller removes it); (path, message). That account being logged
+        out, banned or frozen is its problem, not the hub's: it is marked, and this source skipped."""
+        client = self.registry.client(source["account_id"])
+        try:
+            message = await self._fetch(client, source, item["media_key"])
+            if getattr(message, "noforwards", False) and not self.settings.repost_protected_chats:
+                raise _Skip("the message is protected")
+            self.staging.mkdir(parents=True, exist_ok=True)
+            temp = self.staging / f"upload-{row['id']}{media_extension(message)}"
+            try:
+                return await download_message(client, message, temp, chat_id=source["source_chat_id"],
+                                              media_key=item["media_key"]), message
+            except BaseException:
+                await asyncio.to_thread(_remove, temp)
+                raise
+        except errors.RPCError as exc:
+            state = await self.registry.account_problem(source["account_id"], exc)
+            if state is None:
+                raise
+            raise _AccountWaits(f"account {source['account_id']} is {state}") from exc
 
     async def _by_upload(self, row: dict[str, Any], item: dict[str, Any], source: dict[str, Any], caption: str,
                          topic_id: int, *, download: bool) -> int:
@@ -417,17 +463,15 @@ class MediaUploader:
         temp: Path | None = None
         try:
             if download:
-                client = self.registry.client(source["account_id"])
-                message = await self._fetch(client, source)
-                if getattr(message, "noforwards", False) and not self.settings.repost_protected_chats:
-                    raise _Skip("the message is protected")
-                self.staging.mkdir(parents=True, exist_ok=True)
-                temp = self.staging / f"upload-{row['id']}{media_extension(message)}"
-                path = await download_message(client, message, temp, chat_id=source["source_chat_id"])
+                path, message = await self._download_source(row, item, source)
+                temp = path
             else:
                 path = Path(source["staged_path"])
             try:
-                uploaded = await self.topics.client().upload_file(str(path))
+                sent = [0]
+                uploaded = await without_stalls(
+                    self.topics.client().upload_file(str(path), progress_callback=lambda done, _: sent.__setitem__(0, done)),
+                    lambda: sent[0], self.stall_timeout)
             except FileNotFoundError as exc:   # the job finished and removed it just now
                 raise _Skip("the downloaded file is gone") from exc
             media = upload_media(uploaded, item, path, message)
@@ -458,6 +502,10 @@ def upload_media(uploaded: Any, item: dict[str, Any], path: Path, message: Any =
         if item["media_type"] == "gif":
             attributes.append(types.DocumentAttributeAnimated())
     return types.InputMediaUploadedDocument(file=uploaded, mime_type=mime, attributes=attributes)
+
+
+class _AccountWaits(_Skip):
+    """This source's account cannot be used now (logged out, banned, frozen): the post waits."""
 
 
 class _Unpostable(Exception):

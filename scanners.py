@@ -38,6 +38,7 @@ from telethon import errors, events, types, utils
 
 from accounts import flood_wait_left, record_flood_wait, sleep_or_stop, stopped
 from database import queries
+from telegram_errors import FLOOD_WAITS
 
 if TYPE_CHECKING:
     from psycopg_pool import AsyncConnectionPool
@@ -242,7 +243,7 @@ class MessageScanner:
                 break
             result = await self.sweep_chat(account_id, chat["chat_id"], max_messages=self.turn_messages)
             swept += 1
-            if result.stopped_because in ("flood wait", "offline"):
+            if result.stopped_because in ("flood wait", "offline", "account"):
                 break   # the whole account waits
         return swept
 
@@ -276,7 +277,7 @@ class MessageScanner:
                 if max_messages is not None and result.messages + batch.messages >= max_messages:
                     result.reached_newest = False
                     break
-        except errors.FloodWaitError as exc:
+        except FLOOD_WAITS as exc:
             result.reached_newest = False
             await self._commit(chat, batch, iterator, result)
             wait = await record_flood_wait(self.pool, account_id, exc.seconds, f"reading chat {chat_id}")
@@ -302,6 +303,13 @@ class MessageScanner:
         except psycopg.Error:
             raise   # the database's problems are the supervisor's (it restarts the component)
         except Exception as exc:
+            result.reached_newest = False
+            if await self.registry.account_problem(account_id, exc):
+                # Logged out, banned or frozen: the account is marked and its chats wait for it
+                # (the cursor keeps what was read); nothing is deferred or counted.
+                await self._commit(chat, batch, iterator, result)
+                result.stopped_because = "account"
+                return result
             # This chat waits; the other chats and the daemon go on. Telegram's refusals and
             # ValueError (Telethon cannot resolve the chat: no access hash known for this account)
             # are expected; anything else Telethon raises (TypeError, an unknown error class) is
@@ -378,7 +386,8 @@ async def resolve_input_entity(client: Any, chat_id: int):
     does not (a fresh session), the dialogs are fetched once to fill the cache."""
     try:
         return await client.get_input_entity(chat_id)
-    except ValueError:
+    except (ValueError, errors.UserIdInvalidError, errors.PeerIdInvalidError):
+        # (for an uncached user Telethon asks Telegram with access hash 0, which may be refused)
         await client.get_dialogs()
         return await client.get_input_entity(chat_id)
 
@@ -404,11 +413,11 @@ class RealtimeScanner:
     def attach(self) -> None:
         """Register the NewMessage handler on every held client (once each)."""
         for account_id in self.registry.account_ids():
-            if account_id in self._attached:
-                continue
             client = self.registry.client(account_id)
+            if id(client) in self._attached:
+                continue
             client.add_event_handler(functools.partial(self._on_new_message, account_id), events.NewMessage())
-            self._attached.add(account_id)
+            self._attached.add(id(client))
 
     async def refresh(self) -> None:
         """Reload the watched chats (a chat added, paused or removed while running)."""
@@ -437,6 +446,7 @@ class RealtimeScanner:
         self.attach()
         while not stopped(self._stopping, stop_event):
             self._wake.clear()
+            self.attach()   # clients opened again after a new login
             await self.refresh()
             await sleep_or_stop(self.refresh_interval, self._stopping, stop_event, self._wake)
 

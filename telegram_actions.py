@@ -22,10 +22,10 @@ import logging
 from typing import TYPE_CHECKING, Any, Protocol
 
 from psycopg.rows import dict_row
-from telethon import errors
 
 from accounts import record_flood_wait, sleep_or_stop, stopped
 from database import queries
+from telegram_errors import FLOOD_WAITS, account_state
 
 if TYPE_CHECKING:
     from psycopg_pool import AsyncConnectionPool
@@ -130,7 +130,7 @@ class ActionApplier:
         except ActionFailed as exc:
             logger.error("%s cannot be applied: %s", what, exc)
             return "failed", str(exc), True
-        except errors.FloodWaitError as exc:
+        except FLOOD_WAITS as exc:
             account = handler.account_for(action)
             wait = exc.seconds
             if account is not None:
@@ -140,16 +140,25 @@ class ActionApplier:
         except (ConnectionError, OSError, asyncio.TimeoutError) as exc:
             self._waiting_until[action["id"]] = loop.time() + 30.0
             return "pending", f"Telegram unreachable ({exc}); tried again when it is back", False
-        except Exception as exc:  # an attempt failed; the row says why, the log has the details
-            attempts = action["attempts"] + 1
-            error = f"{type(exc).__name__}: {exc}"
-            if attempts >= self.max_attempts:
-                logger.error("%s failed %d times, giving up: %s", what, attempts, error, exc_info=exc)
-                return "failed", error, True
-            logger.warning("%s failed (attempt %d of %d): %s", what, attempts, self.max_attempts, error)
-            self._waiting_until[action["id"]] = loop.time() + 10.0 * 2 ** attempts
-            return "pending", error, True
+        except Exception as exc:
+            account, registry = handler.account_for(action), getattr(handler, "registry", None)
+            state = account_state(exc)
+            if state is None or account is None or registry is None:
+                return self._failed(action, exc, what)
+            await registry.account_problem(account, exc)
+            self._waiting_until[action["id"]] = loop.time() + 60.0
+            return "pending", f"account {account} is {state}; applied when it can be used again", False
         self._waiting_until.pop(action["id"], None)
         logger.info("%s applied: %s", what, note)
         return "done", None, False
 
+    def _failed(self, action: dict[str, Any], exc: Exception, what: str) -> tuple[str, str | None, bool]:
+        """An attempt failed; the row says why, the log has the details."""
+        attempts = action["attempts"] + 1
+        error = f"{type(exc).__name__}: {exc}"
+        if attempts >= self.max_attempts:
+            logger.error("%s failed %d times, giving up: %s", what, attempts, error, exc_info=exc)
+            return "failed", error, True
+        logger.warning("%s failed (attempt %d of %d): %s", what, attempts, self.max_attempts, error)
+        self._waiting_until[action["id"]] = asyncio.get_running_loop().time() + 10.0 * 2 ** attempts
+        return "pending", error, True

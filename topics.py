@@ -32,6 +32,7 @@ from psycopg.types.json import Jsonb
 from telethon import errors, functions, types, utils
 
 from database import queries
+from scanners import classify, resolve_input_entity
 from telegram_actions import TOPIC_ACTIONS, ActionFailed, ActionWait
 
 if TYPE_CHECKING:
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 TITLE_MAX_BYTES = 128
+DELETE_BATCH = 100
 # Error messages (not all have their own class in Telethon) that mean "that topic is not there".
 _TOPIC_GONE_MESSAGES = {"TOPIC_DELETED", "TOPIC_ID_INVALID", "MESSAGE_ID_INVALID", "REPLY_MESSAGE_ID_INVALID"}
 
@@ -138,8 +140,10 @@ class TopicManager:
         return client
 
     async def hub_peer(self):
+        """The hub's input peer; from the session's entity cache, else from the dialogs (a
+        session that never saw the hub has no access hash for it)."""
         if self._peer is None:
-            self._peer = await self.client().get_input_entity(self.hub_chat_id)
+            self._peer = await resolve_input_entity(self.client(), self.hub_chat_id)
         return self._peer
 
     async def _pace(self) -> None:
@@ -284,13 +288,30 @@ class TopicManager:
         async with self.pool.connection() as conn:
             await conn.execute(queries.tg_set_cover_message, {"person_id": person["id"], "message_id": message_id})
 
-    async def find_post(self, topic_id: int, caption: str, *, limit: int = 200) -> int | None:
-        """The id of the newest message in topic `topic_id` whose text is `caption` (a post that
-        Telegram accepted before a crash kept the database from recording it)."""
+    async def find_post(self, topic_id: int, caption: str, *, media_key: str | None = None,
+                        limit: int = 200) -> int | None:
+        """The id of the message in topic `topic_id` that is the post Telegram accepted before
+        its answer was lost: its text is `caption`, no other post (or cover) of the topic has
+        it recorded, and, when `media_key` is given (the media was re-sent by reference, so the
+        hub message carries that very photo or document), it carries that media. If several
+        messages fit and nothing tells them apart, None: recording a sibling's id would make a
+        later delete remove the wrong post."""
+        async with self.pool.connection() as conn:
+            taken = {r[0] for r in await (await conn.execute(
+                queries.upload_topic_messages, {"hub_chat_id": self.hub_chat_id, "topic_id": topic_id})).fetchall()}
+        fits = []
         async for message in self.client().iter_messages(await self.hub_peer(), reply_to=topic_id, limit=limit):
-            if getattr(message, "message", None) == caption:
-                return message.id
-        return None
+            if getattr(message, "message", None) != caption or message.id in taken:
+                continue
+            if media_key is not None:
+                info = classify(message)
+                if info is None or info.media_key != media_key:
+                    continue
+            fits.append(message.id)
+        if len(fits) > 1:
+            logger.warning("topic %s: %d messages could be the post whose answer was lost (%s); none is "
+                           "recorded", topic_id, len(fits), fits)
+        return fits[0] if len(fits) == 1 else None
 
     async def topic_gone(self, person_id: int, topic_id: int) -> int:
         """Telegram says the topic is gone: forget it; its posts are due again. Returns how many."""
@@ -390,9 +411,10 @@ class TopicManager:
             raise ActionWait("a post it withdraws is being sent; applied once it is recorded")
         messages = [r["uploaded_message_id"] for r in rows if r["status"] == "posted" and r["uploaded_message_id"]]
         if messages:
-            peer = await self.hub_peer()
-            await self.send(functions.channels.DeleteMessagesRequest(channel=utils.get_input_channel(peer),
-                                                                     id=messages))
+            channel = utils.get_input_channel(await self.hub_peer())
+            for start in range(0, len(messages), DELETE_BATCH):   # Telegram takes 100 ids per call
+                await self.send(functions.channels.DeleteMessagesRequest(
+                    channel=channel, id=messages[start:start + DELETE_BATCH]))
         async with self.pool.connection() as conn:
             await conn.execute(queries.upload_withdrawn, {"upload_ids": [r["id"] for r in rows]})
         return f"deleted {len(messages)} message(s) from the topic"

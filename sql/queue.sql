@@ -229,7 +229,7 @@ INSERT INTO media_jobs (source_chat_id, source_message_id, origin, media_key, me
                         mime_type, file_size, message_date, status, staged_path, staged_owned)
 VALUES (%(source_chat_id)s, %(source_message_id)s, 'export', %(media_key)s, %(media_type)s,
         %(mime_type)s, %(file_size)s, %(message_date)s, 'staged', %(staged_path)s, FALSE)
-ON CONFLICT (source_chat_id, source_message_id) DO NOTHING
+ON CONFLICT (source_chat_id, source_message_id, id_scope) DO NOTHING
 RETURNING id;
 
 -- name: export_job_ids

@@ -32,6 +32,10 @@ UPDATE telegram_accounts
 SET last_error = %(error)s, status = coalesce(%(status)s, status)
 WHERE id = %(account_id)s;
 
+-- name: tg_account_statuses
+-- The status of accounts %(account_ids)s (is one that was logged out logged in again?).
+SELECT id, status FROM telegram_accounts WHERE id = ANY(%(account_ids)s::int[]);
+
 -- name: tg_account_flood
 -- A long flood wait on account %(account_id)s: it pauses (only this account) until the returned
 -- time. A later, shorter wait never shortens a longer one.
@@ -80,22 +84,28 @@ SELECT id, account_id, chat_id, chat_title, chat_username, chat_type, noforwards
 FROM scan_checkpoints WHERE account_id = %(account_id)s AND chat_id = %(chat_id)s;
 
 -- name: tg_sweep_batch
+-- Job keys: a message is (chat, message id) in a channel or supergroup (marked ids below
+-- -1000000000000), and (chat, message id, account) in a private chat or basic group, whose
+-- message ids are numbered per account (media_jobs.id_scope, migration 0004).
 -- One batch of a history sweep, atomically: the jobs of the batch's media messages (a message
 -- already known, e.g. from a live update, is left as it is) and the cursor moved to
 -- %(cursor)s, the batch's newest message. Oversized media are jobs with status 'skipped' and
 -- are counted in skipped_media (only when the job is new, so nothing is counted twice).
 -- Returns the chat's state after the batch (a chat paused or removed meanwhile stops the sweep).
 WITH new_jobs AS (
-    INSERT INTO media_jobs (source_chat_id, source_message_id, account_id, media_key, media_type,
+    INSERT INTO media_jobs (source_chat_id, source_message_id, id_scope, account_id, media_key, media_type,
                             mime_type, file_size, message_date, status, last_error, finished_at)
-    SELECT %(chat_id)s, m.message_id, %(account_id)s, m.media_key, m.media_type, m.mime_type,
+    SELECT %(chat_id)s, m.message_id,
+           -- whose id space the message ids are: the account's, except in channels and supergroups
+           CASE WHEN %(chat_id)s::bigint > -1000000000000 THEN %(account_id)s ELSE 0 END,
+           %(account_id)s, m.media_key, m.media_type, m.mime_type,
            m.file_size, m.message_date, m.status, m.note,
            CASE WHEN m.status = 'skipped' THEN now() END
     FROM unnest(%(message_ids)s::bigint[], %(media_keys)s::text[], %(media_types)s::text[],
                 %(mime_types)s::text[], %(file_sizes)s::bigint[], %(message_dates)s::timestamptz[],
                 %(statuses)s::text[], %(notes)s::text[])
          AS m(message_id, media_key, media_type, mime_type, file_size, message_date, status, note)
-    ON CONFLICT (source_chat_id, source_message_id) DO NOTHING
+    ON CONFLICT (source_chat_id, source_message_id, id_scope) DO NOTHING
     RETURNING status
 )
 UPDATE scan_checkpoints
@@ -111,12 +121,14 @@ RETURNING state, (SELECT count(*) FROM new_jobs) AS new_jobs;
 -- The fast path: the job of one new message (chat %(chat_id)s, message %(message_id)s) seen
 -- by a live update. Does not move the cursor: only history sweeps do. Returns the job if new.
 WITH new_job AS (
-    INSERT INTO media_jobs (source_chat_id, source_message_id, account_id, media_key, media_type,
+    INSERT INTO media_jobs (source_chat_id, source_message_id, id_scope, account_id, media_key, media_type,
                             mime_type, file_size, message_date, status, last_error, finished_at)
-    VALUES (%(chat_id)s, %(message_id)s, %(account_id)s, %(media_key)s, %(media_type)s,
+    VALUES (%(chat_id)s, %(message_id)s,
+            CASE WHEN %(chat_id)s::bigint > -1000000000000 THEN %(account_id)s ELSE 0 END,
+            %(account_id)s, %(media_key)s, %(media_type)s,
             %(mime_type)s, %(file_size)s, %(message_date)s, %(status)s, %(note)s,
             CASE WHEN %(status)s = 'skipped' THEN now() END)
-    ON CONFLICT (source_chat_id, source_message_id) DO NOTHING
+    ON CONFLICT (source_chat_id, source_message_id, id_scope) DO NOTHING
     RETURNING id, status
 ), counted AS (
     UPDATE scan_checkpoints SET skipped_media = skipped_media + 1

@@ -57,13 +57,19 @@ FROM media_items WHERE id = %(media_item_id)s;
 -- Every message known to carry media item %(media_item_id)s (the same photo forwarded to many
 -- chats), with what the uploader needs to choose how to post it: the chat (title, @username,
 -- kind, protection), the account that reads it and whether the hub account %(hub_account_id)s
--- reads it too (then it can re-send the media by reference), and a downloaded file that may
--- still be there. The item's own first message comes first.
+-- can fetch that very message (then it can re-send the media by reference), and a downloaded
+-- file that may still be there. The item's own first message comes first.
+-- hub_reads: in a channel or supergroup (id_scope 0) the hub account fetches message N if it
+-- reads the chat; in a private chat or basic group, message N is the job's account's N, so only
+-- when the hub account is the job's account (another account's N is another message).
 SELECT j.id AS job_id, j.source_chat_id, j.source_message_id, j.account_id, j.origin, j.status,
        j.staged_path, j.message_date,
        c.chat_title, c.chat_username, c.chat_type, coalesce(c.noforwards, FALSE) AS noforwards,
-       EXISTS (SELECT 1 FROM scan_checkpoints h
-               WHERE h.account_id = %(hub_account_id)s AND h.chat_id = j.source_chat_id) AS hub_reads
+       j.id_scope,
+       CASE WHEN j.id_scope <> 0 THEN j.id_scope = %(hub_account_id)s
+            ELSE EXISTS (SELECT 1 FROM scan_checkpoints h
+                         WHERE h.account_id = %(hub_account_id)s AND h.chat_id = j.source_chat_id)
+       END AS hub_reads
 FROM media_items m
 JOIN media_jobs j ON j.media_key = m.media_key
 LEFT JOIN LATERAL (
@@ -125,3 +131,12 @@ UPDATE telegram_topics t
 SET message_count = greatest(coalesce(t.message_count, 0) - (SELECT count(*) FROM gone g
                                                              WHERE g.topic_id = t.id AND g.was_posted), 0)
 WHERE t.id IN (SELECT topic_id FROM gone);
+
+-- name: upload_topic_messages
+-- The messages of topic %(topic_id)s in hub %(hub_chat_id)s that are recorded already (posts and
+-- the cover): a lost post being looked for is none of them.
+SELECT u.uploaded_message_id FROM uploaded_media u JOIN telegram_topics t ON t.id = u.topic_id
+WHERE t.topic_id = %(topic_id)s AND t.hub_chat_id = %(hub_chat_id)s AND u.uploaded_message_id IS NOT NULL
+UNION
+SELECT cover_message_id FROM telegram_topics
+WHERE topic_id = %(topic_id)s AND hub_chat_id = %(hub_chat_id)s AND cover_message_id IS NOT NULL;

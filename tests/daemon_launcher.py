@@ -7,6 +7,9 @@
 - With FA_FAKE_TELEGRAM=<state file>, the Telegram clients are `tests/fake_telegram.py`'s fake
   client keeping its state (chats, messages, topics, posts) in that JSON file, so a test can
   build a world, run the daemon in a subprocess against it, kill it, and read what it posted.
+- With FA_TELEGRAM_SERVER=<unix socket>, the clients are real TelegramClients talking to the
+  fake Telegram *server* a test serves on that socket (tests/telegram_wire.py): everything of
+  Telethon above the network runs in the daemon, and the world stays in the test process.
 """
 
 from __future__ import annotations
@@ -35,6 +38,10 @@ def hooks() -> main.Hooks:
     if state:
         import fake_telegram
         factory = fake_telegram.client_factory(Path(state))
+    server = os.environ.get("FA_TELEGRAM_SERVER")
+    if server:
+        import telegram_wire
+        factory = telegram_wire.remote_factory(server, request_retries=2)
     telegram = TelegramTuning(sweep_poll=0.3, watched_refresh=0.5, account_check=0.5, actions_poll=0.3,
                               uploads_poll=0.3)
     return main.Hooks(telegram_client_factory=factory, tuning=TUNING, telegram_tuning=telegram)

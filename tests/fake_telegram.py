@@ -1,6 +1,12 @@
 """A fake Telegram for tests: Telethon's client methods that the daemon uses, answering with
 Telethon's real TL objects and raising Telethon's real errors, backed by a JSON "world" file.
 
+Superseded by tests/telegram_server.py (a fake Telegram *server* beneath the real
+TelegramClient, where Telethon's own `_call`, entity cache, paging, downloads, uploads and
+update loop run, and message ids and access hashes are per account as on Telegram). This
+method-level fake bypasses all of that: it is kept only for the tests not ported yet; write new
+tests on the server (tests/server_harness.py, tests/telegram_wire.py for a daemon subprocess).
+
 Build a world, point clients at it, read back what they did:
 
     world = FakeWorld.create(tmp_path / "world.json")

@@ -1,7 +1,13 @@
 """Every Telegram error a component can meet is recorded and the component carries on: the
 history sweeps, the connections, the uploader, the topic manager, the downloads and the
-requests from the dashboard, each against the fake Telegram (tests/fake_telegram.py) raising
-Telethon's real errors."""
+requests from the dashboard.
+
+The uploader, topic, dashboard-request and download tests run on the fake Telegram server
+beneath the real Telethon client (tests/telegram_server.py: errors are Telegram's codes and
+messages, Telethon's `_call` retries 500s and sleeps short flood waits itself). The sweep and
+connection tests still use the method-level fake (tests/fake_telegram.py, fixture `h`): they
+inject errors after N messages of `iter_messages` and into `connect`, which the server does not
+model yet."""
 
 from __future__ import annotations
 
@@ -12,6 +18,7 @@ import pytest
 
 from media_fixtures import faces_dir
 from fake_telegram import eventually, run_components
+from server_harness import ServerHarness
 from test_telegram_scan import _has_job, _mode, checkpoint, history, job_ids
 from test_uploader import rows
 from test_uploader import analysed, due, make_person, outbox, world_with_chat
@@ -84,7 +91,8 @@ async def _errored(pool, chat_id):
 
 
 async def test_a_flood_wait_on_one_chat_defers_it_without_losing_the_others(h, pool):
-    """A premium flood wait (not a FloodWaitError subclass) is recorded like any other error."""
+    """A premium flood wait (FLOOD_PREMIUM_WAIT_X, not a FloodWaitError subclass) is a flood wait:
+    the account pauses, the chat resumes where it stopped, nothing of the other chat is lost."""
     h.with_settings(flood_sleep_threshold=1)
     a = await h.add_account(A)
     slow = h.world.add_chat("slow", members=[A])
@@ -96,7 +104,11 @@ async def test_a_flood_wait_on_one_chat_defers_it_without_losing_the_others(h, p
     h.world.fail("iter_messages", "FloodPremiumWaitError", seconds=30, chat=slow)
     service = await h.service()
     await service.scanner.sweep_due(a)
-    assert "FloodPremiumWaitError" in (await checkpoint(pool, slow))["last_error"]
+    assert "flood wait of 30 s" in (await checkpoint(pool, slow))["last_error"]
+    [account] = await rows(pool, "SELECT flood_wait_until > now() AS paused FROM telegram_accounts")
+    assert account["paused"]
+    await rows(pool, "UPDATE telegram_accounts SET flood_wait_until = NULL")   # the wait is over
+    await service.scanner.sweep_due(a)
     assert await job_ids(pool, other) == media
 
 
@@ -148,10 +160,18 @@ async def test_an_error_while_reconnecting_is_retried(h, pool):
         await stop()
 
 
+@pytest.fixture
+async def tg(tmp_path, pool):
+    harness = ServerHarness(tmp_path, pool)
+    yield harness
+    await harness.close()
+
+
 # --- the uploader and the topics -------------------------------------------------------------
 
-POST_ERRORS = ["ChatWriteForbiddenError", "ChatAdminRequiredError", "ServerError", "TimedOutError",
-               "RPCError", "ConnectionError", "TimeoutError", "FloodPremiumWaitError", "TypeError"]
+# Telegram's answers (code from Telethon's table, or "code:message" for one it has no class for).
+POST_ERRORS = ["CHAT_WRITE_FORBIDDEN", "CHAT_ADMIN_REQUIRED", "500:INTERNAL", "-503:Timeout",
+               "400:SOMETHING_NEW", "ConnectionError", "FLOOD_PREMIUM_WAIT_1"]
 
 
 async def drain(service, pool, *, rounds: int = 40) -> None:
@@ -165,15 +185,17 @@ async def drain(service, pool, *, rounds: int = 40) -> None:
     raise AssertionError("the outbox never settled")
 
 
-@pytest.mark.parametrize("method", ["SendMediaRequest", "CreateForumTopicRequest", "get_messages", "upload_file"])
-async def test_the_uploader_records_every_telegram_error_and_posts_once_afterwards(h, pool, method):
+@pytest.mark.parametrize("method", ["SendMediaRequest", "CreateForumTopicRequest", "GetMessagesRequest",
+                                    "SaveFilePartRequest"])
+async def test_the_uploader_records_every_telegram_error_and_posts_once_afterwards(tg, pool, method):
+    h = tg
     photos = ("barack_obama_01.jpg", "barack_obama_02.jpg", "barack_obama_03.jpg")
     service, chat, messages = await world_with_chat(h, photos=photos)
     person = await make_person(pool, "Barack Obama")
     for message in messages:
         await due(pool, person, await analysed(pool, chat, message))
     for error in POST_ERRORS:
-        h.world.fail(method, error, seconds=1)
+        h.server.fail(method, error)
     seen = set()
     for _ in range(len(POST_ERRORS) + 5):       # each round meets the next error and must survive it
         await service.uploader.post_due(limit=50)
@@ -183,21 +205,22 @@ async def test_the_uploader_records_every_telegram_error_and_posts_once_afterwar
     await drain(service, pool)
     rows_ = await outbox(pool)
     assert {r["status"] for r in rows_} == {"posted"}, [(r["status"], r["last_error"]) for r in rows_]
-    [topic] = h.world.live_topics(h.hub)
-    posts = h.world.posts(h.hub, topic)
+    [topic] = h.server.live_topics(h.hub)
+    posts = h.server.posts(h.hub, topic)
     assert len(posts) == 1 + len(messages)                                 # cover + each photo once
-    assert len(h.world.topics(h.hub)) == 1                                 # never a second topic
-    assert sorted(p["id"] for p in posts[1:]) == sorted(r["uploaded_message_id"] for r in rows_)
-    assert any("ServerError" in e or "FAKE_SERVERERROR" in e for e in seen), seen   # recorded on the rows
+    assert len(h.server.topics(h.hub)) == 1                                # never a second topic
+    assert sorted(p.id for p in posts[1:]) == sorted(r["uploaded_message_id"] for r in rows_)
+    assert any("SOMETHING_NEW" in e for e in seen), seen                   # recorded on the rows
 
 
-async def test_the_uploader_keeps_running_through_errors(h, pool):
+async def test_the_uploader_keeps_running_through_errors(tg, pool):
+    h = tg
     service, chat, messages = await world_with_chat(h, photos=("barack_obama_01.jpg", "barack_obama_02.jpg"))
     person = await make_person(pool, "Barack Obama")
     for message in messages:
         await due(pool, person, await analysed(pool, chat, message))
-    for error in ("ServerError", "ChatWriteForbiddenError", "ConnectionError", "TypeError"):
-        h.world.fail("SendMediaRequest", error)
+    for error in ("500:INTERNAL", "CHAT_WRITE_FORBIDDEN", "ConnectionError", "400:SOMETHING_NEW"):
+        h.server.fail("SendMediaRequest", error)
     task = asyncio.create_task(service.uploader.run())
     try:
         for _ in range(200):
@@ -207,40 +230,43 @@ async def test_the_uploader_keeps_running_through_errors(h, pool):
             if {r["status"] for r in await outbox(pool)} == {"posted"}:
                 break
         assert {r["status"] for r in await outbox(pool)} == {"posted"}
-        assert len(h.world.posts(h.hub)) == 3
+        assert len(h.server.posts(h.hub)) == 3
     finally:
         service.uploader.stop()
         await task
 
 
-async def test_message_id_invalid_from_the_source_does_not_make_a_new_topic(h, pool):
+async def test_message_id_invalid_from_the_source_does_not_make_a_new_topic(tg, pool):
+    h = tg
     """MESSAGE_ID_INVALID while fetching the source message says nothing about the topic."""
     service, chat, [message] = await world_with_chat(h)
     person = await make_person(pool, "Barack Obama")
     await due(pool, person, await analysed(pool, chat, message))
     topic = await service.topics.ensure_topic(person)
-    h.world.fail("get_messages", "MessageIdInvalidError")
+    h.server.fail("GetMessagesRequest", "MESSAGE_ID_INVALID")
     await drain(service, pool)
-    assert list(h.world.topics(h.hub)) == [topic]
+    assert list(h.server.topics(h.hub)) == [topic]
     assert [r["status"] for r in await outbox(pool)] == ["posted"]
-    assert len(h.world.posts(h.hub, topic)) == 2
+    assert len(h.server.posts(h.hub, topic)) == 2
 
 
-async def test_a_topic_deleted_before_its_cover_was_posted_is_recreated(h, pool):
+async def test_a_topic_deleted_before_its_cover_was_posted_is_recreated(tg, pool):
+    h = tg
     service, chat, [message] = await world_with_chat(h)
     person = await make_person(pool, "Barack Obama")
     await due(pool, person, await analysed(pool, chat, message))
-    h.world.fail("SendMediaRequest", "FloodWaitError", seconds=30)    # the cover's send: a long wait
+    h.server.fail("SendMediaRequest", "FLOOD_WAIT_30")                # the cover's send: a long wait
     await service.uploader.post_due()
-    [old] = h.world.live_topics(h.hub)
-    assert h.world.posts(h.hub, old) == []                             # a topic without its cover
-    h.world.delete_topic(h.hub, old)                                   # someone deletes it meanwhile
+    [old] = h.server.live_topics(h.hub)
+    assert h.server.posts(h.hub, old) == []                            # a topic without its cover
+    h.server.delete_topic(h.hub, old)                                  # someone deletes it meanwhile
     await rows(pool, "UPDATE telegram_accounts SET flood_wait_until = NULL")
+    service.registry.client(service.registry.hub_account_id)._flood_waited_requests.clear()  # 30 s passed
     await drain(service, pool)
-    [new] = h.world.live_topics(h.hub)
+    [new] = h.server.live_topics(h.hub)
     assert new != old
-    cover, post = h.world.posts(h.hub, new)
-    assert cover["text"] == "Barack Obama" and post["via"] == "reference"
+    cover, post = h.server.posts(h.hub, new)
+    assert cover.text == "Barack Obama" and post.via == "reference"
     assert [r["status"] for r in await outbox(pool)] == ["posted"]
 
 
@@ -249,22 +275,25 @@ async def topic_created_but_answer_lost(h, pool, label: str):
     service, chat, [message] = await world_with_chat(h)
     person = await make_person(pool, label)
     await due(pool, person, await analysed(pool, chat, message))
-    h.world.fail("CreateForumTopicRequest", "ConnectionError", accept=True)
+    h.server.fail("CreateForumTopicRequest", "ConnectionError", accept=True)
     await service.uploader.post_due()
-    [topic] = h.world.topics(h.hub)
+    [topic] = h.server.topics(h.hub)
     return service, person, topic
 
 
-async def test_a_topic_created_before_a_lost_answer_is_found_not_made_twice(h, pool):
+async def test_a_topic_created_before_a_lost_answer_is_found_not_made_twice(tg, pool):
+    h = tg
     service, _, topic = await topic_created_but_answer_lost(h, pool, "Barack Obama")
     await drain(service, pool)                     # the retry is refused as a duplicate, then finds it
-    assert list(h.world.topics(h.hub)) == [topic]
-    cover, post = h.world.posts(h.hub, topic)
-    assert cover["text"] == "Barack Obama" and [r["status"] for r in await outbox(pool)] == ["posted"]
+    assert list(h.server.topics(h.hub)) == [topic]
+    cover, post = h.server.posts(h.hub, topic)
+    assert cover.text == "Barack Obama" and [r["status"] for r in await outbox(pool)] == ["posted"]
 
 
-async def test_a_person_renamed_while_its_topic_was_unrecorded_gets_that_topic_renamed(h, pool, dlib_db):
+async def test_a_person_renamed_while_its_topic_was_unrecorded_gets_that_topic_renamed(tg, pool, dlib_db):
     import psycopg
+
+    h = tg
 
     import persons
 
@@ -274,10 +303,10 @@ async def test_a_person_renamed_while_its_topic_was_unrecorded_gets_that_topic_r
         persons.rename_person(conn, person, "Barack Obama")
     await apply_actions(service, pool)
     await drain(service, pool)
-    assert list(h.world.topics(h.hub)) == [topic]  # found under the title it was created with
+    assert list(h.server.topics(h.hub)) == [topic]  # found under the title it was created with
     await apply_actions(service, pool)
-    assert h.world.topics(h.hub)[topic]["title"] == "Barack Obama"
-    assert len(h.world.posts(h.hub, topic)) == 2 and [r["status"] for r in await outbox(pool)] == ["posted"]
+    assert h.server.topics(h.hub)[topic]["title"] == "Barack Obama"
+    assert len(h.server.posts(h.hub, topic)) == 2 and [r["status"] for r in await outbox(pool)] == ["posted"]
 
 
 async def apply_actions(service, pool) -> None:
@@ -286,16 +315,17 @@ async def apply_actions(service, pool) -> None:
     assert {r["status"] for r in await rows(pool, "SELECT status FROM dashboard_actions")} == {"done"}
 
 
-@pytest.mark.parametrize("error", ["ServerError", "ChatAdminRequiredError", "ConnectionError", "TypeError"])
-async def test_a_dashboard_request_that_meets_an_error_is_retried_and_applied(h, pool, error):
+@pytest.mark.parametrize("error", ["500:INTERNAL", "CHAT_ADMIN_REQUIRED", "ConnectionError", "400:SOMETHING_NEW"])
+async def test_a_dashboard_request_that_meets_an_error_is_retried_and_applied(tg, pool, error):
     from psycopg.types.json import Jsonb
 
+    h = tg
     service, chat, [message] = await world_with_chat(h)
     person = await make_person(pool, "Barack Obama")
     topic = await service.topics.ensure_topic(person)
     await rows(pool, "INSERT INTO dashboard_actions (action, payload) VALUES ('rename_topic', %s)",
                Jsonb({"person_id": person, "title": "Barack H. Obama"}))
-    h.world.fail("EditForumTopicRequest", error)
+    h.server.fail("EditForumTopicRequest", error, times=3 if error.startswith("500") else 1)   # past _call's tries
     task = asyncio.create_task(service.actions.run())
     try:
         await eventually(lambda: _action_tried(pool), what="the first try")
@@ -306,7 +336,7 @@ async def test_a_dashboard_request_that_meets_an_error_is_retried_and_applied(h,
     finally:
         service.actions.stop()
         await task
-    assert h.world.topics(h.hub)[topic]["title"] == "Barack H. Obama"
+    assert h.server.topics(h.hub)[topic]["title"] == "Barack H. Obama"
 
 
 async def _action_tried(pool):
@@ -336,31 +366,35 @@ async def _job(pool, chat, message) -> Job:
 
 
 @pytest.mark.parametrize("error, expected", [
-    ("ConnectionError", ConnectionError), ("ServerError", "RPCError"), ("ChannelPrivateError", "RPCError"),
-    ("FloodWaitError", "FloodWaitError"), ("TimeoutError", TimeoutError),
+    ("ConnectionError", ConnectionError), ("CHANNEL_PRIVATE", "RPCError"), ("FLOOD_WAIT_30", "FloodWaitError"),
+    ("FLOOD_PREMIUM_WAIT_30", "FloodWaitError"),           # given to the queue as a flood wait
 ])
-async def test_a_failed_download_leaves_no_temporary_file_and_the_next_try_works(h, pool, error, expected):
+async def test_a_failed_download_leaves_no_temporary_file_and_the_next_try_works(tg, pool, error, expected):
     from telethon import errors
 
+    h = tg
     service, chat, [message] = await world_with_chat(h, photos=("joe_biden_01.jpg",))
     job = await _job(pool, chat, message)
-    h.world.fail("download_media", error, seconds=30)
+    h.server.fail("GetFileRequest", error)
     kind = getattr(errors, expected) if isinstance(expected, str) else expected
     with pytest.raises(kind):
         await service.downloader.download(job)
     staging = Path(h.settings.staging_path)
     assert not list(staging.glob("*"))                        # no temporary file left behind
+    service.registry.client(job.account_id)._flood_waited_requests.clear()   # the wait is over
     path = await service.downloader.download(job)             # what the queue's retry does
     assert path.read_bytes() == (FACES / "joe_biden_01.jpg").read_bytes()
     assert [p.name for p in staging.glob("*")] == [path.name]
 
 
-async def test_an_expired_file_reference_is_refetched_for_a_download(h, pool):
+async def test_an_expired_file_reference_is_refetched_for_a_download(tg, pool):
+    h = tg
     service, chat, [message] = await world_with_chat(h, photos=("joe_biden_01.jpg",))
     job = await _job(pool, chat, message)
-    h.world.fail("download_media", "expire_reference", times=2)   # expires twice in a row
+    fetched = len(h.server.requests("GetMessagesRequest"))
+    h.server.fail("GetFileRequest", "expire_reference", times=2)   # expires twice in a row
     path = await service.downloader.download(job)
     assert path.read_bytes() == (FACES / "joe_biden_01.jpg").read_bytes()
-    assert len(h.world.calls("get_messages")) == 3                 # fetched, then twice again
-    assert h.world.downloads() == 1
+    assert len(h.server.requests("GetMessagesRequest")) - fetched == 3   # fetched, then twice again
+    assert h.server.downloads_total() == 1
     assert [p.name for p in Path(h.settings.staging_path).glob("*")] == [path.name]

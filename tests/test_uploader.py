@@ -1,5 +1,6 @@
-"""The upload outbox into the fake hub: how posts are made, their captions, pacing, exactly-once
-across crashes, flood waits, protected chats, hidden persons, deleted topics."""
+"""The upload outbox into the hub of the fake Telegram server, through real Telethon clients
+(tests/telegram_server.py): how posts are made, their captions, pacing, exactly-once across
+crashes, flood waits, protected chats, hidden persons, deleted topics."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from PIL import Image
 from psycopg.rows import dict_row
 
 from media_fixtures import faces_dir
-from fake_telegram import Harness, eventually
+from server_harness import ServerHarness, eventually
 from media_uploader import NO_LINK, MediaUploader, Pacer, message_link
 from topics import TopicManager
 
@@ -90,15 +91,26 @@ async def outbox(pool) -> list[dict]:
     return await rows(pool, "SELECT * FROM uploaded_media ORDER BY id")
 
 
+@pytest.fixture
+async def h(tmp_path, pool):
+    """The fake Telegram server and the daemon's Telegram side on `pool` (this module's tests)."""
+    harness = ServerHarness(tmp_path, pool)
+    yield harness
+    await harness.close()
+
+
 async def world_with_chat(h, *, kind="supergroup", username=None, noforwards=False, hub_reads=True,
                           photos=("barack_obama_01.jpg",)):
-    """Account A (the hub account) and, unless `hub_reads` is False, its chat; else account B's."""
+    """Account A (the hub account) and, unless `hub_reads` is False, its chat; else account B's.
+    `h`: a ServerHarness, or fake_telegram's Harness (tests not ported to the server yet)."""
     a = await h.add_account(A)
     reader, phone = a, A
     if not hub_reads:
         reader, phone = await h.add_account(B, hub_member=False), B
-    chat = h.world.add_chat("Family photos", kind=kind, username=username, noforwards=noforwards, members=[phone])
-    ids = [h.world.post(chat, h.world.photo(FACES / name), deliver=False) for name in photos]
+    world = h.server if hasattr(h, "server") else h.world
+    chat = world.add_chat("Family photos", kind=kind, username=username, noforwards=noforwards, members=[phone])
+    ids = [world.post(chat, world.photo(FACES / name), deliver=False) for name in photos]
+    ids = [i[phone] if isinstance(i, dict) else i for i in ids]   # basic groups: the reader's ids
     await h.watch(reader, chat)
     service = await h.service()
     await service.scanner.sweep_chat(reader, chat)
@@ -112,34 +124,34 @@ async def test_posts_go_into_a_new_topic_after_the_cover_by_reference(h, pool):
 
     assert await service.uploader.post_due() == 1
     [row] = await outbox(pool)
-    topics = h.world.live_topics(h.hub)
+    topics = h.server.live_topics(h.hub)
     [(topic_id, topic)] = topics.items()
     assert topic["title"] == "Barack Obama"
-    cover, post = h.world.posts(h.hub, topic_id)
-    assert cover["via"] == "upload" and cover["text"] == "Barack Obama"          # the face crop first
-    assert post["via"] == "reference"                                            # no re-upload
-    assert post["sha256"] == h.world.read()["media"][post["media"]]["sha256"]
-    assert row["status"] == "posted" and row["uploaded_message_id"] == post["id"]
+    cover, post = h.server.posts(h.hub, topic_id)
+    assert cover.via == "upload" and cover.text == "Barack Obama"                # the face crop first
+    assert post.via == "reference"                                               # no re-upload
+    assert post.media == h.server.chats[chat].messages[message].media            # the very photo
+    assert row["status"] == "posted" and row["uploaded_message_id"] == post.id
     [p] = await rows(pool, "SELECT topic_id, topic_title, cover_message_id, hub_chat_id, message_count "
                            "FROM telegram_topics WHERE id = %s", person)
-    assert p == {"topic_id": topic_id, "topic_title": "Barack Obama", "cover_message_id": cover["id"],
+    assert p == {"topic_id": topic_id, "topic_title": "Barack Obama", "cover_message_id": cover.id,
                  "hub_chat_id": h.hub, "message_count": 1}
-    assert h.world.downloads() == 0
+    assert h.server.downloads_total() == 0
 
 
 @pytest.mark.parametrize("kind, username, expected", [
     ("channel", "news_pics", "https://t.me/news_pics/{id}"),
     ("supergroup", None, "https://t.me/c/{raw}/{id}"),
-    ("group", None, NO_LINK),
+    ("group", None, "message {id} " + NO_LINK),
 ])
 async def test_captions_link_to_the_source_message(h, pool, kind, username, expected):
     service, chat, [message] = await world_with_chat(h, kind=kind, username=username)
     person = await make_person(pool, "Someone")
     await due(pool, person, await analysed(pool, chat, message))
     await service.uploader.post_due()
-    [_, post] = h.world.posts(h.hub)
-    raw = h.world.chat(chat)["raw_id"]
-    title, link, date = post["text"].split("\n")
+    [_, post] = h.server.posts(h.hub)
+    raw = h.server.chats[chat].raw_id
+    title, link, date = post.text.split("\n")
     assert title == "Family photos"
     assert link == expected.format(id=message, raw=raw)
     assert date.endswith(" UTC") and date[:4].isdigit()
@@ -157,11 +169,11 @@ async def test_media_the_hub_account_cannot_see_is_uploaded_from_the_reading_acc
     person = await make_person(pool, "Barack Obama")
     await due(pool, person, await analysed(pool, chat, message))
     await service.uploader.post_due()
-    [_, post] = h.world.posts(h.hub)
-    assert post["via"] == "upload" and post["posted_by"] == A
-    original = h.world.read()["media"][h.world.chat(chat)["messages"][str(message)]["media"]]
-    assert post["sha256"] == original["sha256"]
-    assert h.world.downloads() == 1 and [c["phone"] for c in h.world.calls("download_media")] == [B]
+    [_, post] = h.server.posts(h.hub)
+    assert post.via == "upload" and post.posted_by == A
+    original = h.server.media[h.server.chats[chat].messages[message].media]
+    assert h.server.media[post.media].sha256 == original.sha256
+    assert h.server.downloads_total() == 1 and set(h.server.callers("GetFileRequest")) == {B}
     assert not list(Path(h.settings.staging_path).glob("*"))             # the temporary file is gone
 
 
@@ -173,15 +185,15 @@ async def test_protected_chats_are_posted_only_when_allowed(h, pool):
     await service.uploader.post_due()
     [row] = await outbox(pool)
     assert row["status"] == "cancelled" and "REPOST_PROTECTED_CHATS" in row["last_error"]
-    assert h.world.topics(h.hub) == {}                                    # not even a topic
+    assert h.server.topics(h.hub) == {}                                   # not even a topic
 
     h.with_settings(repost_protected_chats=True)
     service.uploader.settings = service.topics.settings = h.settings
     await due(pool, person, await analysed(pool, chat, second))
     await service.uploader.post_due()
-    posts = h.world.posts(h.hub)
-    assert [p["via"] for p in posts] == ["upload", "upload"]              # cover, then the photo: uploaded
-    assert posts[1]["sha256"] == h.world.read()["media"][h.world.chat(chat)["messages"][str(second)]["media"]]["sha256"]
+    posts = h.server.posts(h.hub)
+    assert [p.via for p in posts] == ["upload", "upload"]                 # cover, then the photo: uploaded
+    assert h.server.media[posts[1].media].sha256 == h.server.media[h.server.chats[chat].messages[second].media].sha256
 
 
 async def test_hidden_persons_get_no_posts(h, pool):
@@ -192,17 +204,17 @@ async def test_hidden_persons_get_no_posts(h, pool):
     assert await service.uploader.post_due() == 0
     [row] = await outbox(pool)
     assert (row["status"], row["last_error"]) == ("cancelled", "person hidden")
-    assert h.world.topics(h.hub) == {}
+    assert h.server.topics(h.hub) == {}
 
 
 async def test_pacing_holds_under_a_burst(tmp_path, pool):
     clock = FakeClock()
-    h = Harness(tmp_path, pool, clock=clock.now, hub_posts_per_minute=20)
+    h = ServerHarness(tmp_path, pool, clock=clock.now, hub_posts_per_minute=20)
     try:
         a = await h.add_account(A)
-        chat = h.world.add_chat("Burst", members=[A])
-        photo = h.world.photo(FACES / "kamala_harris_01.jpg")
-        messages = [h.world.post(chat, h.world.photo(FACES / "kamala_harris_01.jpg") if i else photo, deliver=False)
+        chat = h.server.add_chat("Burst", members=[A])
+        photo = h.server.photo(FACES / "kamala_harris_01.jpg")
+        messages = [h.server.post(chat, h.server.photo(FACES / "kamala_harris_01.jpg") if i else photo, deliver=False)
                     for i in range(30)]
         await h.watch(a, chat)
         service = await h.service()
@@ -215,15 +227,13 @@ async def test_pacing_holds_under_a_burst(tmp_path, pool):
         while await service.uploader.post_due(limit=50):
             pass
         took = asyncio.get_running_loop().time() - started
-        posts = h.world.posts(h.hub)
-        times = sorted(p["posted_at"] for p in posts) + [clock.now()]
-        writes = sorted(c["at"] for c in h.world.calls() if c["method"] in (
-            "SendMediaRequest", "CreateForumTopicRequest"))
+        posts = h.server.posts(h.hub)
+        writes = sorted(h.server.call_times("SendMediaRequest", "CreateForumTopicRequest"))
         assert len(posts) == 31 and len(writes) == 32             # 30 photos + cover (+ the topic)
         for i, t in enumerate(writes):                             # never more than 20 in any 60 s
             assert sum(1 for u in writes[i:] if u < t + 60) <= 20
         assert writes[-1] - writes[0] >= 31 * 3 - 0.01             # evenly spaced: 3 s apart
-        assert took < 10 and times
+        assert took < 10
     finally:
         await h.close()
 
@@ -236,15 +246,15 @@ async def test_a_post_is_made_once_even_if_the_process_dies_after_telegram_accep
 
     # Telegram accepts the post, then the answer is lost.
     up = await due(pool, person, await analysed(pool, chat, second))
-    h.world.fail("SendMediaRequest", "ConnectionError", accept=True)
+    h.server.fail("SendMediaRequest", "ConnectionError", accept=True)
     await service.uploader.post_due()
     [row] = await rows(pool, "SELECT * FROM uploaded_media WHERE id = %s", up)
     assert row["status"] == "pending" and row["uploaded_message_id"] is None
     await rows(pool, "UPDATE uploaded_media SET run_after = now() WHERE id = %s", up)
     await service.uploader.post_due()              # sent again with the same random_id: refused, found
     [row] = await rows(pool, "SELECT * FROM uploaded_media WHERE id = %s", up)
-    posts = h.world.posts(h.hub)
-    assert len(posts) == 3 and row["status"] == "posted" and row["uploaded_message_id"] == posts[-1]["id"]
+    posts = h.server.posts(h.hub)
+    assert len(posts) == 3 and row["status"] == "posted" and row["uploaded_message_id"] == posts[-1].id
     assert "already posted" in row["last_error"]
 
 
@@ -253,9 +263,9 @@ async def test_a_post_left_sending_by_a_killed_process_is_not_posted_twice(h, po
     person = await make_person(pool, "Barack Obama")
     up = await due(pool, person, await analysed(pool, chat, message))
     await service.topics.ensure_topic(person)               # topic and cover
-    h.world.fail("SendMediaRequest", "hang", accept=True)   # Telegram has it; the process never hears back
+    h.server.fail("SendMediaRequest", "hang", accept=True)   # Telegram has it; the process never hears back
     task = asyncio.create_task(service.uploader.post_due())
-    await eventually(lambda: len(h.world.posts(h.hub)) == 2, what="Telegram to accept the post")
+    await eventually(lambda: len(h.server.posts(h.hub)) == 2, what="Telegram to accept the post")
     task.cancel()                                             # killed: no chance to record anything
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -268,8 +278,8 @@ async def test_a_post_left_sending_by_a_killed_process_is_not_posted_twice(h, po
     await rows(pool, "UPDATE uploaded_media SET run_after = now() WHERE id = %s", up)
     assert await other.post_due() == 1
     [row] = await rows(pool, "SELECT * FROM uploaded_media WHERE id = %s", up)
-    posts = h.world.posts(h.hub)
-    assert len(posts) == 2 and row["status"] == "posted" and row["uploaded_message_id"] == posts[1]["id"]
+    posts = h.server.posts(h.hub)
+    assert len(posts) == 2 and row["status"] == "posted" and row["uploaded_message_id"] == posts[1].id
 
 
 async def test_a_long_flood_wait_pauses_the_hub_account_and_posting_resumes(h, pool):
@@ -277,16 +287,16 @@ async def test_a_long_flood_wait_pauses_the_hub_account_and_posting_resumes(h, p
     person = await make_person(pool, "Barack Obama")
     await due(pool, person, await analysed(pool, chat, first))
     await due(pool, person, await analysed(pool, chat, second))
-    h.world.fail("SendMediaRequest", "FloodWaitError", seconds=2)   # the cover's send
+    h.server.fail("SendMediaRequest", "FLOOD_WAIT_2")               # the cover's send
     task = asyncio.create_task(service.uploader.run())
     try:
         [account] = await eventually(lambda: rows(pool, "SELECT * FROM telegram_accounts WHERE flood_wait_until > now()"),
                                      what="the hub account's pause")
         assert "flood wait of 2 s" in account["last_error"]
-        assert {r["status"] for r in await outbox(pool)} == {"pending"}
+        await eventually(lambda: _all(pool, "pending"), what="the posts handed back")
         assert all("flood wait" in r["last_error"] for r in await outbox(pool))
         await eventually(lambda: _all_posted(pool), timeout=10, what="the posts after the wait")
-        assert len(h.world.posts(h.hub)) == 3
+        assert len(h.server.posts(h.hub)) == 3
     finally:
         service.uploader.stop()
         await task
@@ -297,12 +307,13 @@ async def test_an_expired_file_reference_is_fetched_again(h, pool):
     person = await make_person(pool, "Barack Obama")
     await due(pool, person, await analysed(pool, chat, message))
     await service.topics.ensure_topic(person)
-    h.world.fail("SendMediaRequest", "expire_reference")         # expires between fetch and send
+    h.server.fail("SendMediaRequest", "expire_reference")        # expires between fetch and send
+    fetched = len(h.server.requests("GetMessagesRequest"))
     await service.uploader.post_due()
     [row] = await outbox(pool)
     assert row["status"] == "posted"
-    assert h.world.posts(h.hub)[-1]["via"] == "reference"
-    assert len(h.world.calls("get_messages")) == 2                 # fetched, then fetched again
+    assert h.server.posts(h.hub)[-1].via == "reference"
+    assert len(h.server.requests("GetMessagesRequest")) - fetched == 2   # fetched, then fetched again
 
 
 async def test_a_deleted_topic_is_recreated_and_its_posts_come_back(h, pool):
@@ -310,37 +321,41 @@ async def test_a_deleted_topic_is_recreated_and_its_posts_come_back(h, pool):
     person = await make_person(pool, "Barack Obama")
     await due(pool, person, await analysed(pool, chat, first))
     await service.uploader.post_due()
-    [old] = h.world.live_topics(h.hub)
-    h.world.delete_topic(h.hub, old)                                # someone deleted it in the app
+    [old] = h.server.live_topics(h.hub)
+    h.server.delete_topic(h.hub, old)                               # someone deleted it in the app
 
     await due(pool, person, await analysed(pool, chat, second))
     while await service.uploader.post_due():
         pass
-    [new] = h.world.live_topics(h.hub)
-    assert new != old and h.world.topics(h.hub)[new]["title"] == "Barack Obama"
-    posts = h.world.posts(h.hub, new)
-    assert posts[0]["text"] == "Barack Obama" and posts[0]["via"] == "upload"    # the cover first
-    sources = sorted(p["text"].split("\n")[1].rsplit("/", 1)[1] for p in posts[1:])
+    [new] = h.server.live_topics(h.hub)
+    assert new != old and h.server.topics(h.hub)[new]["title"] == "Barack Obama"
+    posts = h.server.posts(h.hub, new)
+    assert posts[0].text == "Barack Obama" and posts[0].via == "upload"          # the cover first
+    sources = sorted(p.text.split("\n")[1].rsplit("/", 1)[1] for p in posts[1:])
     assert sources == sorted([str(first), str(second)])                          # both photos, once each
     assert {r["status"] for r in await outbox(pool)} == {"posted"}
     [p] = await rows(pool, "SELECT topic_id FROM telegram_topics WHERE id = %s", person)
     assert p["topic_id"] == new
     # The new topic was asked for afresh, not refused as a repeat of the first request.
-    assert len(h.world.calls("CreateForumTopicRequest")) == 2
+    assert len(h.server.requests("CreateForumTopicRequest")) == 2
 
 
 async def test_media_whose_source_message_is_gone_fail_with_a_reason(h, pool):
     service, chat, [message] = await world_with_chat(h)
     person = await make_person(pool, "Barack Obama")
     await due(pool, person, await analysed(pool, chat, message))
-    h.world.delete_message(chat, message)
+    h.server.delete_message(chat, message)
     await service.uploader.post_due()
     [row] = await outbox(pool)
     assert row["status"] == "failed" and "deleted" in row["last_error"]
 
 
+async def _all(pool, status: str) -> bool:
+    return {r["status"] for r in await outbox(pool)} == {status}
+
+
 async def _all_posted(pool) -> bool:
-    return {r["status"] for r in await outbox(pool)} == {"posted"}
+    return await _all(pool, "posted")
 
 
 async def test_a_restarted_uploader_takes_over_posts_left_sending_at_once(h, pool):
@@ -349,9 +364,9 @@ async def test_a_restarted_uploader_takes_over_posts_left_sending_at_once(h, poo
     person = await make_person(pool, "Barack Obama")
     up = await due(pool, person, await analysed(pool, chat, message))
     await service.topics.ensure_topic(person)
-    h.world.fail("SendMediaRequest", "hang", accept=True)
+    h.server.fail("SendMediaRequest", "hang", accept=True)
     task = asyncio.create_task(service.uploader.post_due())
-    await eventually(lambda: len(h.world.posts(h.hub)) == 2, what="Telegram to accept the post")
+    await eventually(lambda: len(h.server.posts(h.hub)) == 2, what="Telegram to accept the post")
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -364,6 +379,6 @@ async def test_a_restarted_uploader_takes_over_posts_left_sending_at_once(h, poo
     finally:
         other.stop()
         await running
-    posts = h.world.posts(h.hub)
+    posts = h.server.posts(h.hub)
     [row] = await rows(pool, "SELECT * FROM uploaded_media WHERE id = %s", up)
-    assert len(posts) == 2 and row["uploaded_message_id"] == posts[1]["id"]
+    assert len(posts) == 2 and row["uploaded_message_id"] == posts[1].id
