@@ -181,14 +181,20 @@ def person_link(person_id: int, label: str, hidden: bool = False, **options: Any
 
 _MARKDOWN_INLINE = re.compile(r"([\\`*_\[\]<>~$:|])")       # emphasis, links, HTML, maths, :colour[]
 _MARKDOWN_LINE_START = re.compile(r"^(\s*(?:\d+)?)([#>+.)-])", re.MULTILINE)  # headings, quotes, lists
+# Streamlit's Markdown turns bare addresses in the text into links (GFM "autolink literals",
+# found in the text after escapes are undone): an invisible word joiner breaks the pattern.
+_AUTOLINK = re.compile(r"(?<=:)(?=//)|(?<=\bwww)(?=\.)|(?<=[\w.+-])(?=@)", re.IGNORECASE)
+WORD_JOINER = "\u2060"
 
 
 def md(text: object) -> str:
-    """`text` shown as it is where Streamlit reads Markdown (titles, captions, link labels).
-    Chat titles come from Telegram and labels from whoever typed them: without this, a title
-    like "[win](https://…)" would become a link, and ":red[x]" a colour."""
+    """`text` shown as it is where Streamlit reads Markdown (titles, captions, alerts, labels of
+    buttons, links, tabs and radio options). Chat titles come from Telegram and labels from
+    whoever typed them: without this, a title like "[win](https://…)" would become a link,
+    "https://…" alone too, and ":red[x]" a colour."""
     escaped = _MARKDOWN_INLINE.sub(r"\\\1", str(text))
-    return _MARKDOWN_LINE_START.sub(lambda m: m.group(1) + "\\" + m.group(2), escaped)
+    escaped = _MARKDOWN_LINE_START.sub(lambda m: m.group(1) + "\\" + m.group(2), escaped)
+    return _AUTOLINK.sub(WORD_JOINER, escaped)
 
 
 # --- Telegram links ----------------------------------------------------------------------------

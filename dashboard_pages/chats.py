@@ -57,7 +57,7 @@ else:
         changed = app.rows(queries.dashboard_set_chat_state, {
             "checkpoint_id": chosen, "state": "paused" if pausing else "active"})
         if changed:
-            app.flash(f"{'Paused' if pausing else 'Resumed'} {chat_name(chat)}.")
+            app.flash(f"{'Paused' if pausing else 'Resumed'} {app.md(chat_name(chat))}.")
         st.rerun()
 
 # --- add a chat --------------------------------------------------------------------------------
@@ -82,9 +82,9 @@ else:
             try:
                 app.request_chat(identifier.strip(), account_id)
             except ValueError as exc:
-                st.error(str(exc))
+                st.error(app.md(exc))
             else:
-                app.flash(f"Requested {identifier.strip()}: the daemon adds it at its next check.")
+                app.flash(f"Requested {app.md(identifier.strip())}: the daemon adds it at its next check.")
                 st.rerun()
 
 requests = app.rows(queries.dashboard_chat_requests)

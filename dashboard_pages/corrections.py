@@ -33,7 +33,7 @@ def apply(fn: Callable[..., Any], *args: Any, done: str | Callable[[Any], str],
     try:
         result = app.change(fn, *args)
     except persons.CorrectionError as exc:
-        st.error(f"Not changed: {exc}")
+        st.error(f"Not changed: {app.md(exc)}")
         return
     app.flash(done(result) if callable(done) else done)
     if person_id is not None:
@@ -47,7 +47,8 @@ def brief(person_ids: list[int]) -> dict[int, Person]:
 
 
 def name(person: Person) -> str:
-    return f"«{person['label']}»"
+    """A person's name in «», escaped: every message here is read as Markdown."""
+    return f"«{app.md(person['label'])}»"
 
 
 # --- rename ------------------------------------------------------------------------------------
@@ -67,13 +68,14 @@ def rename(person: Person) -> None:
         st.error(f"Too long for a topic title: {size} bytes of UTF-8, at most {persons.TITLE_MAX_BYTES}.")
         return
     if person["topic_id"] is not None:
-        on_telegram([f"the topic «{person['topic_title'] or person['label']}» is renamed to «{new}»."])
+        on_telegram([f"the topic «{app.md(person['topic_title'] or person['label'])}» is renamed to "
+                     f"«{app.md(new)}»."])
     else:
-        on_telegram([f"nothing yet: {name(person)} has no topic; it is created as «{new}» when its "
+        on_telegram([f"nothing yet: {name(person)} has no topic; it is created as «{app.md(new)}» when its "
                      "first post is due."])
     st.caption("A named person is never dissolved or renamed by the matcher.")
-    if st.button(f"Rename to «{new}»", key=f"{key}_go", type="primary"):
-        apply(persons.rename_person, person["id"], new, done=f"Renamed to «{new}».")
+    if st.button(f"Rename to «{app.md(new)}»", key=f"{key}_go", type="primary"):
+        apply(persons.rename_person, person["id"], new, done=f"Renamed to «{app.md(new)}».")
 
 
 # --- merge -------------------------------------------------------------------------------------
@@ -84,7 +86,7 @@ def merge_effects(survivor: Person, absorbed: Person) -> list[str]:
     counts = app.one(queries.dashboard_merge_preview,
                      {"survivor_id": survivor["id"], "absorbed_id": absorbed["id"]})
     takes_name = absorbed["label_is_manual"] and not survivor["label_is_manual"]
-    final = absorbed["label"] if takes_name else survivor["label"]
+    final = app.md(absorbed["label"] if takes_name else survivor["label"])
     lines = []
     if absorbed["topic_id"] is not None:
         lines.append(f"the topic {name(absorbed)} gets a last message “Merged into {final}: its posts "
@@ -125,7 +127,7 @@ def merge(person: Person, choices: list[Person]) -> None:
         return
     pair = brief([person["id"], other_id])
     keep = st.radio("Keep", [person["id"], other_id], horizontal=True, key=f"merge_keep_{person['id']}",
-                    format_func=lambda i: f"{pair[i]['label']} (#{i})",
+                    format_func=lambda i: f"{app.md(pair[i]['label'])} (#{i})",
                     help="The person that stays; the other one's faces and posts move into it.")
     survivor, absorbed = pair[keep], pair[other_id if keep == person["id"] else person["id"]]
     on_telegram(merge_effects(survivor, absorbed))

@@ -44,7 +44,8 @@ st.dataframe(pd.DataFrame([{
 
 st.subheader("Context")
 for e in errors[:20]:
-    with st.expander(f"{app.when(e['error_timestamp'])} · {e['error_type']} · {e['error_message'][:100]}"):
+    # Error messages hold file names and chat titles, which strangers choose: escaped.
+    with st.expander(app.md(f"{app.when(e['error_timestamp'])} · {e['error_type']} · {e['error_message'][:100]}")):
         st.code(e["error_message"], language=None, wrap_lines=True)
         context = e["error_context"] or {}
         link = app.message_link(context.get("source_chat_id"), context.get("source_message_id"))

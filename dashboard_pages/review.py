@@ -50,7 +50,7 @@ for s in suggestions:
             pair = {a["id"]: a, b["id"]: b}
             keep = st.radio("Keep", list(pair), index=list(pair).index(default_survivor(a, b)),
                             horizontal=True, key=f"suggestion_keep_{s['id']}",
-                            format_func=lambda i, pair=pair: pair[i]["label"])
+                            format_func=lambda i, pair=pair: app.md(pair[i]["label"]))
             survivor, absorbed = (a, b) if keep == a["id"] else (b, a)
             on_telegram(corrections.merge_effects(survivor, absorbed))
             same, different = st.columns(2)
@@ -90,7 +90,7 @@ for face in faces:
                        + (f"  \n{len(face['unit_ids'])} faces of one video track" if len(face["unit_ids"]) > 1 else ""))
         for column, person in zip(columns[1:], options.values()):
             person_tile(column, person, f"similarity {similarity[person['id']]:.3f}")
-            if column.button(f"It's {person['label']}", key=f"review_{face['id']}_{person['id']}"):
+            if column.button(f"It's {app.md(person['label'])}", key=f"review_{face['id']}_{person['id']}"):
                 corrections.apply(persons.resolve_review, face["id"], person["id"],
                                   done=f"The face is {name(person)}'s.")
         with columns[-1]:
