@@ -61,7 +61,8 @@ FROM media_items WHERE id = %(media_item_id)s;
 -- still be there. The item's own first message comes first.
 SELECT j.id AS job_id, j.source_chat_id, j.source_message_id, j.account_id, j.origin, j.status,
        j.staged_path, j.message_date,
-       c.chat_title, c.chat_username, c.chat_type, coalesce(c.noforwards, FALSE) AS noforwards,
+       coalesce(c.chat_title, ic.chat_title) AS chat_title,   -- an imported chat: the export's name
+       c.chat_username, c.chat_type, coalesce(c.noforwards, FALSE) AS noforwards,
        EXISTS (SELECT 1 FROM scan_checkpoints h
                WHERE h.account_id = %(hub_account_id)s AND h.chat_id = j.source_chat_id) AS hub_reads
 FROM media_items m
@@ -71,6 +72,7 @@ LEFT JOIN LATERAL (
     WHERE s.chat_id = j.source_chat_id
     ORDER BY (s.account_id = j.account_id) DESC, s.id LIMIT 1
 ) c ON TRUE
+LEFT JOIN imported_chats ic ON ic.chat_id = j.source_chat_id
 WHERE m.id = %(media_item_id)s
 ORDER BY (j.source_chat_id = m.source_chat_id AND j.source_message_id = m.source_message_id) DESC,
          j.id;
