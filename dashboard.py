@@ -46,6 +46,7 @@ def main() -> None:
             st.Page(app.OVERVIEW_PAGE, title="Overview", icon=":material/monitoring:", default=True),
             st.Page(app.CHATS_PAGE, title="Chats", icon=":material/forum:"),
             st.Page(app.ERRORS_PAGE, title="Errors", icon=":material/error:"),
+            st.Page(app.AUDIT_PAGE, title="Audit log", icon=":material/history:"),
         ],
         "Persons": [
             st.Page(app.GALLERY_PAGE, title="Persons", icon=":material/groups:"),

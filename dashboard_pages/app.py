@@ -37,6 +37,7 @@ GALLERY_PAGE = "dashboard_pages/gallery.py"
 PERSON_PAGE = "dashboard_pages/person.py"
 REVIEW_PAGE = "dashboard_pages/review.py"
 SEARCH_PAGE = "dashboard_pages/search.py"
+AUDIT_PAGE = "dashboard_pages/audit_log.py"
 
 DB_WAIT = 10.0  # seconds a page waits for a database connection before saying it is unreachable
 
@@ -99,10 +100,16 @@ def one(query: str, params: dict[str, Any] | None = None) -> dict[str, Any] | No
     return found[0] if found else None
 
 
-def change(fn: Callable[..., T], *args: Any) -> T:
-    """Run a correction `fn(conn, *args)` (persons.py) in its own transaction."""
-    with pool().connection(timeout=DB_WAIT) as conn:
-        return fn(conn, *args)
+def change(fn: Callable[..., T], *args: Any, summary: str | Callable[[T], str] = "") -> T:
+    """Run a correction `fn(conn, *args)` (persons.py) and its audit log entry (named after
+    `fn`, saying `summary` or `summary(result)`) in one transaction."""
+    from dashboard_pages import audit
+
+    with pool().connection(timeout=DB_WAIT) as conn, conn.transaction():
+        result = fn(conn, *args)
+        said = summary(result) if callable(summary) else summary
+        audit.record(conn, fn.__name__, said or fn.__name__, args=list(args), result=result)
+        return result
 
 
 # --- messages that survive the rerun after a change ----------------------------------------------
@@ -237,10 +244,10 @@ def source_text(chat_title: str | None, chat_id: int, message_id: int, *, markdo
     return f"{md(chat) if markdown else chat} · message {message_id}"
 
 
-def person_labels(actions: list[dict[str, Any]]) -> dict[int, str]:
-    """{person id: label} of every person the actions name."""
+def person_labels(actions: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    """{person id: its label and topic title} of every person the actions name."""
     ids = person_ids(actions)
-    return {r["id"]: r["label"] for r in rows(queries.dashboard_labels, {"person_ids": ids})} if ids else {}
+    return {r["id"]: r for r in rows(queries.dashboard_labels, {"person_ids": ids})} if ids else {}
 
 
 def request_chat(identifier: str, account_id: int) -> None:
@@ -248,8 +255,12 @@ def request_chat(identifier: str, account_id: int) -> None:
     dashboard holds no Telegram client; the daemon resolves the chat with its own)."""
     import add_chat  # the telegram side owns the request's format
 
-    with pool().connection(timeout=DB_WAIT) as conn:
+    from dashboard_pages import audit
+
+    with pool().connection(timeout=DB_WAIT) as conn, conn.transaction():
         add_chat.request_chat(conn, identifier, account_id=account_id)
+        audit.record(conn, "request_chat", f"Requested the chat {identifier} (account {account_id}).",
+                     chat=identifier, account_id=account_id)
 
 
 # --- search by photo ---------------------------------------------------------------------------

@@ -31,7 +31,7 @@ def apply(fn: Callable[..., Any], *args: Any, done: str | Callable[[Any], str],
     `person_id` (if given) and rerun. A refused correction (persons.CorrectionError) is shown
     and nothing changes."""
     try:
-        result = app.change(fn, *args)
+        result = app.change(fn, *args, summary=done)
     except persons.CorrectionError as exc:
         st.error(f"Not changed: {app.md(exc)}")
         return
@@ -169,6 +169,7 @@ def hide(person: Person) -> None:
 # --- move faces out ----------------------------------------------------------------------------
 
 DESTINATIONS = {
+    "keep": "Keep only the selected: the others shown wait for the matcher",
     "new": "A new person",
     "other": "Another person",
     "pending": "Nobody yet (not this person: let the matcher place them)",
@@ -176,13 +177,38 @@ DESTINATIONS = {
 }
 
 
-def move_faces(person: Person, face_ids: list[int], choices: list[Person]) -> None:
-    if not face_ids:
+def move_faces_to_new_person(conn, face_ids: list[int], label: str = "") -> int:
+    """A new person of `face_ids`, named `label` if given, in one transaction."""
+    new_id = persons.move_faces_to_new_person(conn, face_ids)
+    if label:
+        persons.rename_person(conn, new_id, label)
+    return new_id
+
+
+def move_faces(person: Person, selected: list[int], choices: list[Person], shown: list[int] | None = None) -> None:
+    if not selected:
         st.caption("Tick the faces that are not this person (above), then choose where they go.")
         return
-    destination = st.radio(f"Move {app.plural(len(face_ids), 'selected face')} to", list(DESTINATIONS),
-                           format_func=DESTINATIONS.get, key=f"move_dest_{person['id']}")
+    destination = st.radio(f"{app.plural(len(selected), 'selected face')}:", list(DESTINATIONS),
+                           format_func=DESTINATIONS.get, key=f"move_dest_{person['id']}", index=1)
+    face_ids = selected
+    if destination == "keep":
+        face_ids = [f for f in (shown or []) if f not in set(selected)]
+        if not face_ids:
+            st.caption("Every face shown is selected: nothing leaves.")
+            return
     target = None
+    label = ""
+    if destination == "new":
+        label = " ".join(st.text_input("Name of the new person", key=f"move_name_{person['id']}",
+                                       placeholder="optional: a name now saves a rename later").split())
+        same = [c for c in choices if label and c["label"].casefold() == label.casefold()]
+        if same:
+            st.warning(f"«{app.md(same[0]['label'])}» exists already (#{same[0]['id']}): if it is the "
+                       "same person, move the faces there instead.")
+            if st.button(f"Move them to «{app.md(same[0]['label'])}»", key=f"move_to_same_{person['id']}"):
+                apply(persons.move_faces, face_ids, same[0]["id"],
+                      done=f"Moved the faces to «{app.md(same[0]['label'])}».")
     if destination == "other":
         others = {c["id"]: c for c in choices if c["id"] != person["id"]}
         target_id = st.selectbox(
@@ -215,7 +241,7 @@ def move_faces(person: Person, face_ids: list[int], choices: list[Person]) -> No
                      if counts["new_posts"] else f"nothing new is posted to {name(target)}.")
     on_telegram(lines)
     notes = [f"{name(person)} never gets these faces back from the matcher."]
-    if destination == "pending":
+    if destination in ("pending", "keep"):
         notes.append("They wait in the pending pool, where the matcher may place them with someone else.")
     elif destination == "dismiss":
         notes.append("Matching ignores them from now on.")
@@ -224,16 +250,17 @@ def move_faces(person: Person, face_ids: list[int], choices: list[Person]) -> No
             " and is removed (it is unnamed and has no topic)."
             if not person["label_is_manual"] and person["topic_id"] is None else "; it stays, empty."))
     st.caption(" ".join(notes))
-    label = f"Move {app.plural(len(face_ids), 'face')}"
-    if not st.button(label, key=f"move_go_{person['id']}", type="primary"):
+    button = f"Move {app.plural(len(face_ids), 'face')}" + (" out" if destination == "keep" else "")
+    if not st.button(button, key=f"move_go_{person['id']}", type="primary"):
         return
     if destination == "new":
-        apply(persons.move_faces_to_new_person, face_ids,
-              done=lambda new_id: f"Moved the faces to a new person (#{new_id}).")
+        apply(move_faces_to_new_person, face_ids, label,
+              done=lambda new_id: f"Moved the faces to a new person (#{new_id})"
+                                  + (f", «{app.md(label)}»." if label else "."))
     elif destination == "other":
         apply(persons.move_faces, face_ids, target["id"], done=f"Moved the faces to {name(target)}.")
-    elif destination == "pending":
-        apply(persons.unassign_faces, face_ids, done=f"The faces left {name(person)}.")
+    elif destination in ("pending", "keep"):
+        apply(persons.unassign_faces, face_ids, done=f"{app.plural(len(face_ids), 'face')} left {name(person)}.")
     else:
         apply(persons.dismiss_faces, face_ids, done="The faces are dismissed.")
 

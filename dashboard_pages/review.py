@@ -16,6 +16,12 @@ st.title("Review")
 app.show_flash()
 
 
+def reject_suggestions(conn, suggestion_ids: list[int]) -> None:
+    """Several "different people" answers at once, in one transaction."""
+    for suggestion_id in suggestion_ids:
+        persons.reject_merge_suggestion(conn, suggestion_id)
+
+
 def default_survivor(a: dict, b: dict) -> int:
     """The one persons.accept_merge_suggestion keeps by default: named, then with a topic, then
     more faces, then the older one."""
@@ -34,8 +40,16 @@ def person_tile(column, person: dict, caption: str = "") -> None:
 # --- maybe the same person ---------------------------------------------------------------------
 st.subheader("Maybe the same person")
 suggestions = app.rows(queries.dashboard_merge_suggestions, {"limit": SHOWN})
+open_total = app.one(queries.dashboard_counts)["suggestions_open"]
 if not suggestions:
     st.caption("No suggestions. Persons whose faces come close are offered here, never merged silently.")
+else:
+    left, right = st.columns([3, 2], vertical_alignment="center")
+    left.caption(f"{len(suggestions)} of {open_total}, most alike first.")
+    if right.button(f"Different people: all {len(suggestions)} shown", key="suggestions_reject_all"):
+        corrections.apply(reject_suggestions, [s["id"] for s in suggestions],
+                          done=f"Noted: the {app.plural(len(suggestions), 'pair')} shown are different "
+                               "people; they are not offered again.")
 pairs = brief(sorted({p for s in suggestions for p in (s["person_a"], s["person_b"])}))
 for s in suggestions:
     a, b = pairs.get(s["person_a"]), pairs.get(s["person_b"])
@@ -72,6 +86,7 @@ if not faces:
 elif total > len(faces):
     st.caption(f"The oldest {len(faces)} of {total}.")
 candidates = brief(sorted({c["person_id"] for f in faces for c in (f["review_candidates"] or [])}))
+everyone = app.rows(queries.dashboard_person_choices) if faces else []
 for face in faces:
     options: dict[int, dict] = {}
     similarity: dict[int, float] = {}
@@ -94,6 +109,15 @@ for face in faces:
                 corrections.apply(persons.resolve_review, face["id"], person["id"],
                                   done=f"The face is {name(person)}'s.")
         with columns[-1]:
+            anyone = {c["id"]: c for c in everyone}
+            chosen = st.selectbox("Someone else", list(anyone), index=None, key=f"review_other_{face['id']}",
+                                  placeholder="Type a name", format_func=lambda i, a=anyone: (
+                                      f"{app.person_name(a[i]['label'], a[i]['hidden'])} (#{i})"))
+            if chosen is not None and st.button(f"It's {app.md(anyone[chosen]['label'])}",
+                                                key=f"review_other_go_{face['id']}"):
+                # Any person, not only the matcher's candidates (with the video track's other faces).
+                corrections.apply(persons.resolve_review, face["id"], chosen,
+                                  done=f"The face is «{app.md(anyone[chosen]['label'])}»'s.")
             on_telegram(["choosing a person posts this media item in their topic (unless they are "
                          "hidden or have it already).",
                          "a new person gets its topic with its first post; “nobody” posts nothing."])

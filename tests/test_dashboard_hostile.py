@@ -78,7 +78,7 @@ def hostile(db):  # noqa: F811
 
 
 def test_every_page_shows_hostile_names_as_text(hostile):
-    for page in ("overview", "chats", "errors", "gallery", "review", "search", "person"):
+    for page in ("overview", "chats", "errors", "audit_log", "gallery", "review", "search", "person"):
         at = signed_in(page)
         nothing_rendered(at, page)
     at = signed_in("person", person=str(biden(hostile)))
