@@ -81,6 +81,31 @@ def rename(person: Person) -> None:
 # --- merge -------------------------------------------------------------------------------------
 
 
+def chosen_cover(conn, person_id: int) -> int | None:
+    row = conn.execute(queries.dashboard_chosen_cover, {"person_id": person_id}).fetchone()
+    return row[0] if row else None
+
+
+def merge_persons(conn, survivor_id: int, absorbed_id: int, suggestion_id: int | None = None) -> None:
+    """persons.merge_persons (or accepting suggestion `suggestion_id`), keeping the cover the
+    operator chose: the survivor's, else the absorbed person's (a merge used to fall back to
+    the automatic cover, losing the choice)."""
+    carried = None if chosen_cover(conn, survivor_id) else chosen_cover(conn, absorbed_id)
+    if suggestion_id is None:
+        persons.merge_persons(conn, survivor_id, absorbed_id)
+    else:
+        persons.accept_merge_suggestion(conn, suggestion_id, survivor_id)
+    if carried is not None:
+        persons.choose_cover(conn, survivor_id, carried)
+
+
+def default_survivor(a: Person, b: Person) -> int:
+    """The one a merge keeps unless the operator says otherwise (and persons.accept_merge_suggestion
+    too): named, then with a topic, then more faces, then the older one."""
+    return max((a, b), key=lambda p: (p["label_is_manual"], p["topic_id"] is not None,
+                                      p["faces"], -p["id"]))["id"]
+
+
 def merge_effects(survivor: Person, absorbed: Person) -> list[str]:
     """What merging `absorbed` into `survivor` changes on Telegram (persons.merge_persons)."""
     counts = app.one(queries.dashboard_merge_preview,
@@ -127,6 +152,7 @@ def merge(person: Person, choices: list[Person]) -> None:
         return
     pair = brief([person["id"], other_id])
     keep = st.radio("Keep", [person["id"], other_id], horizontal=True, key=f"merge_keep_{person['id']}",
+                    index=[person["id"], other_id].index(default_survivor(pair[person["id"]], pair[other_id])),
                     format_func=lambda i: f"{app.md(pair[i]['label'])} (#{i})",
                     help="The person that stays; the other one's faces and posts move into it.")
     survivor, absorbed = pair[keep], pair[other_id if keep == person["id"] else person["id"]]
@@ -135,7 +161,7 @@ def merge(person: Person, choices: list[Person]) -> None:
                f"to {name(survivor)}. Merging is for good.")
     if st.button(f"Merge {name(absorbed)} into {name(survivor)}", key=f"merge_go_{person['id']}",
                  type="primary"):
-        apply(persons.merge_persons, survivor["id"], absorbed["id"], person_id=survivor["id"],
+        apply(merge_persons, survivor["id"], absorbed["id"], person_id=survivor["id"],
               done=f"Merged {name(absorbed)} into {name(survivor)}.")
 
 

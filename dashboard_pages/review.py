@@ -22,13 +22,6 @@ def reject_suggestions(conn, suggestion_ids: list[int]) -> None:
         persons.reject_merge_suggestion(conn, suggestion_id)
 
 
-def default_survivor(a: dict, b: dict) -> int:
-    """The one persons.accept_merge_suggestion keeps by default: named, then with a topic, then
-    more faces, then the older one."""
-    return max((a, b), key=lambda p: (p["label_is_manual"], p["topic_id"] is not None,
-                                      p["faces"], -p["id"]))["id"]
-
-
 def person_tile(column, person: dict, caption: str = "") -> None:
     with column:
         if person["cover"]:
@@ -62,14 +55,14 @@ for s in suggestions:
         with decide:
             st.markdown(f"Similarity of their closest faces: **{s['score']:.3f}**")
             pair = {a["id"]: a, b["id"]: b}
-            keep = st.radio("Keep", list(pair), index=list(pair).index(default_survivor(a, b)),
+            keep = st.radio("Keep", list(pair), index=list(pair).index(corrections.default_survivor(a, b)),
                             horizontal=True, key=f"suggestion_keep_{s['id']}",
                             format_func=lambda i, pair=pair: app.md(pair[i]["label"]))
             survivor, absorbed = (a, b) if keep == a["id"] else (b, a)
             on_telegram(corrections.merge_effects(survivor, absorbed))
             same, different = st.columns(2)
             if same.button("Same person: merge", key=f"suggestion_merge_{s['id']}", type="primary"):
-                corrections.apply(persons.accept_merge_suggestion, s["id"], survivor["id"],
+                corrections.apply(corrections.merge_persons, survivor["id"], absorbed["id"], s["id"],
                                   done=f"Merged {name(absorbed)} into {name(survivor)}.")
             if different.button("Different people", key=f"suggestion_reject_{s['id']}"):
                 corrections.apply(persons.reject_merge_suggestion, s["id"],

@@ -416,6 +416,11 @@ LIMIT %(persons)s;
 SELECT id, label, topic_title FROM telegram_topics WHERE id = ANY(%(person_ids)s::integer[]);
 
 
+-- name: dashboard_chosen_cover
+-- The face the operator chose as person %(person_id)s's cover (no row: the automatic one).
+SELECT cover_face_id FROM telegram_topics
+WHERE id = %(person_id)s AND cover_is_manual AND cover_face_id IS NOT NULL;
+
 -- ---------------------------------------------------------------------------------------------
 -- Audit log (dashboard_pages/audit.py)
 

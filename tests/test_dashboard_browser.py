@@ -293,14 +293,15 @@ def test_move_a_face_out_and_merge_in_the_browser(dashboard_url, browser, filled
     settle(browser)
     no_errors(browser, "after moving a face")
 
-    # Merge the other person into this one.
+    # Merge it with the other person: the bigger one (two faces to this one's one left) is the
+    # one kept by default.
     click(browser, f"//*[@role='tab'][{text('Merge')}]")
     settle(browser)                                    # choosing a tab reruns the page
     select_option(browser, "Same person as", first_label)
     wait_for(browser, f"//*[{text('has no topic: nothing to close.')}]")
     screenshot(browser, "merge_preview", top=False)
-    click(browser, f"//button[{text(f'Merge «{first_label}» into «{second_label}»')}]")
-    wait_for(browser, f"//*[{text(f'Merged «{first_label}» into «{second_label}».')}]")
+    click(browser, f"//button[{text(f'Merge «{second_label}» into «{first_label}»')}]")
+    wait_for(browser, f"//*[{text(f'Merged «{second_label}» into «{first_label}».')}]")
     settle(browser)
     no_errors(browser, "after the merge")
     screenshot(browser, "merged")
@@ -308,13 +309,13 @@ def test_move_a_face_out_and_merge_in_the_browser(dashboard_url, browser, filled
     with psycopg.connect(filled_db) as conn:
         new = conn.execute("SELECT topic_id FROM face_embeddings WHERE id = %s", (face,)).fetchone()[0]
         assert new not in (None, first, second)
-        assert conn.execute("SELECT merged_into FROM telegram_topics WHERE id = %s", (first,)).fetchone() == (second,)
+        assert conn.execute("SELECT merged_into FROM telegram_topics WHERE id = %s", (second,)).fetchone() == (first,)
         assert conn.execute("SELECT action, payload FROM dashboard_actions WHERE status = 'pending' ORDER BY id"
                             ).fetchall() == [
             ("delete_posts", {"person_id": second, "uploaded_media_ids": [posted]}),
-            ("merge_persons", {"survivor_id": second, "absorbed_id": first,
-                               "title": f"→ merged into {second_label}",
-                               "note": f"Merged into {second_label}: its posts continue there."})]
+            ("merge_persons", {"survivor_id": first, "absorbed_id": second,
+                               "title": f"→ merged into {first_label}",
+                               "note": f"Merged into {first_label}: its posts continue there."})]
 
 
 HOSTILE = "x [news](https://example.com) **bold** <b>tag</b>"
@@ -371,6 +372,8 @@ def test_a_strangers_chat_title_and_names_stay_text_in_the_browser(dashboard_url
         if path == "errors":   # the error's context, its expander label holding the file name
             click(browser, "//*[@data-testid='stExpander']//summary")
             settle(browser)
+        if path == "gallery":  # the tiles, each linking to its person by name
+            wait_for(browser, f"//*[@data-testid='stPageLink']//*[{text('**bold**')}]")
         if path == "review":   # the face to decide, its buttons named after the candidates
             wait_for(browser, "//button[contains(., 'It’s') or contains(., \"It's\")]")
         literal_only(path, shown=path != "chats")   # chats: names are in the table (a canvas)

@@ -86,3 +86,19 @@ def test_review_assigns_to_anyone_and_rejects_every_suggestion_shown(db):  # noq
     at.button(key=f"review_other_go_{face}").click().run()
     assert db.execute("SELECT state, topic_id FROM face_embeddings WHERE id = %s", (face,)).fetchone() == (
         "assigned", person)
+
+
+def test_a_merge_keeps_the_chosen_cover_and_the_bigger_person(db):  # noqa: F811
+    first, second = persons(db)["Person 1"], persons(db)["Person 2"]
+    chosen = faces_of(db, second)[-1]
+    db.execute("UPDATE telegram_topics SET cover_face_id = %s, cover_is_manual = TRUE WHERE id = %s",
+               (chosen, second))
+    db.execute("UPDATE telegram_topics SET label = 'Barack Obama', label_is_manual = TRUE WHERE id = %s", (first,))
+    at = signed_in("person", person=str(second))
+    at.selectbox(key=f"merge_other_{second}").select(first).run()
+    assert at.radio(key=f"merge_keep_{second}").value == first      # the named one, by default
+    at.button(key=f"merge_go_{second}").click().run()
+    assert at.success[0].value == "Merged «Person 2» into «Barack Obama»."
+    # The cover the operator chose for the absorbed person is the survivor's now (it had none).
+    assert db.execute("SELECT cover_face_id, cover_is_manual FROM telegram_topics WHERE id = %s",
+                      (first,)).fetchone() == (chosen, True)
