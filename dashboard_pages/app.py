@@ -126,6 +126,22 @@ def show_flash() -> None:
         st.success(message)
 
 
+# --- paging ----------------------------------------------------------------------------------
+
+
+def page_of(total: int, per_page: int, key: str, what: str) -> int:
+    """The offset of the page the operator chose (a page number when there is more than one
+    page), and a caption saying which items of how many are shown: "21–40 of 252 faces"."""
+    pages = max(1, -(-total // per_page))
+    page = 1
+    if pages > 1:
+        page = st.number_input(f"Page (of {pages})", min_value=1, max_value=pages, value=1, key=key)
+    offset = (page - 1) * per_page
+    if total:
+        st.caption(f"{offset + 1}–{min(total, offset + per_page)} of {total:,} {what}")
+    return offset
+
+
 # --- formatting --------------------------------------------------------------------------------
 
 

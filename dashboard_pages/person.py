@@ -68,7 +68,8 @@ about.markdown(" · ".join(facts))
 
 # --- faces -------------------------------------------------------------------------------------
 st.subheader("Faces")
-faces = app.rows(queries.dashboard_person_faces, {"person_id": person_id, "limit": FACES_SHOWN})
+offset = app.page_of(person["faces"], FACES_SHOWN, f"faces_page_{person_id}", "faces, best first")
+faces = app.rows(queries.dashboard_person_faces, {"person_id": person_id, "limit": FACES_SHOWN, "offset": offset})
 
 
 def face_key(face_id: int) -> str:
@@ -84,9 +85,8 @@ def select(face_ids: list[int], value: bool) -> None:
 if not faces:
     st.caption("No faces left.")
 else:
-    st.caption("Best first. Tick the faces that are not this person (or the ones that are, and "
-               "“keep only the selected”), then choose where they go under “Move faces” below."
-               + (f" Showing the best {FACES_SHOWN} of {person['faces']}." if person["faces"] > FACES_SHOWN else ""))
+    st.caption("Tick the faces that are not this person (or the ones that are, and “keep only "
+               "the selected”), then choose where they go under “Move faces” below.")
     ids = [f["id"] for f in faces]
     ticked = sum(bool(st.session_state.get(face_key(i))) for i in ids)
     bar = st.columns([1, 1, 1, 5], vertical_alignment="center")

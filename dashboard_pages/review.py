@@ -72,12 +72,11 @@ for s in suggestions:
 # --- faces to decide ---------------------------------------------------------------------------
 st.subheader("Faces to decide")
 total = app.one(queries.dashboard_review_total)["count"]
-faces = app.rows(queries.dashboard_review_faces, {"limit": SHOWN})
+offset = app.page_of(total, SHOWN, "review_page", "faces, oldest first")
+faces = app.rows(queries.dashboard_review_faces, {"limit": SHOWN, "offset": offset})
 if not faces:
     st.caption("No faces to decide. A face that looks like two persons almost equally waits here "
                "instead of being guessed.")
-elif total > len(faces):
-    st.caption(f"The oldest {len(faces)} of {total}.")
 candidates = brief(sorted({c["person_id"] for f in faces for c in (f["review_candidates"] or [])}))
 everyone = app.rows(queries.dashboard_person_choices) if faces else []
 for face in faces:

@@ -216,7 +216,8 @@ LEFT JOIN LATERAL (
 WHERE t.id = %(person_id)s;
 
 -- name: dashboard_person_faces
--- Up to %(limit)s faces of person %(person_id)s, best first, with where they come from.
+-- Up to %(limit)s faces of person %(person_id)s, best first, from the %(offset)s-th on, with
+-- where they come from.
 SELECT f.id, f.crop_jpeg, coalesce(f.quality_score, 0) AS quality_score, f.low_quality, f.det_score,
        f.match_similarity, f.assigned_by, f.source_chat_id, f.source_message_id, f.media_item_id, f.frame_time,
        f.detection_timestamp, m.media_type, ch.chat_title, ch.chat_username
@@ -232,7 +233,7 @@ LEFT JOIN LATERAL (
 ) ch ON TRUE
 WHERE f.topic_id = %(person_id)s
 ORDER BY f.low_quality, f.quality_score DESC, f.id
-LIMIT %(limit)s;
+LIMIT %(limit)s OFFSET %(offset)s;
 
 -- name: dashboard_person_media
 -- Up to %(limit)s media items of person %(person_id)s (with a face of it, or posted/due in its
@@ -355,7 +356,7 @@ LIMIT %(limit)s;
 
 -- name: dashboard_review_faces
 -- Faces waiting for the operator (one per video track: the track is answered as a whole),
--- oldest first, with their candidates as the matcher saw them and the ids of their unit.
+-- oldest first, %(limit)s from the %(offset)s-th on, with their candidates as the matcher saw them and the ids of their unit.
 SELECT r.id, r.crop_jpeg, r.quality_score, r.match_similarity, r.review_candidates,
        r.source_chat_id, r.source_message_id, r.media_item_id, r.frame_time,
        r.detection_timestamp, r.unit_ids, ch.chat_title, ch.chat_username
@@ -376,7 +377,7 @@ LEFT JOIN LATERAL (
 ) ch ON TRUE
 WHERE r.rank = 1
 ORDER BY r.detection_timestamp, r.id
-LIMIT %(limit)s;
+LIMIT %(limit)s OFFSET %(offset)s;
 
 -- name: dashboard_review_total
 SELECT count(DISTINCT (media_item_id, coalesce(track_id::bigint, -id)))

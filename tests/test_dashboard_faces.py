@@ -102,3 +102,22 @@ def test_a_merge_keeps_the_chosen_cover_and_the_bigger_person(db):  # noqa: F811
     # The cover the operator chose for the absorbed person is the survivor's now (it had none).
     assert db.execute("SELECT cover_face_id, cover_is_manual FROM telegram_topics WHERE id = %s",
                       (first,)).fetchone() == (chosen, True)
+
+
+def test_a_persons_faces_page_through_everything_with_counts(db):  # noqa: F811
+    person = biden(db)
+    [face] = faces_of(db, person)[:1]
+    db.execute("""INSERT INTO face_embeddings (topic_id, embedding, source_chat_id, source_message_id,
+                                               quality_score, state, crop_jpeg, media_item_id)
+                  SELECT topic_id, embedding, source_chat_id, source_message_id, quality_score * 0.5,
+                         state, crop_jpeg, media_item_id
+                  FROM face_embeddings, generate_series(1, 100) WHERE id = %s""", (face,))
+    total = len(faces_of(db, person))
+    at = signed_in("person", person=str(person))
+    assert f"1–96 of {total} faces, best first" in [c.value for c in at.caption]
+    assert len([c for c in at.checkbox if c.key.startswith(f"face_{person}_")]) == 96
+    at.number_input(key=f"faces_page_{person}").set_value(2).run()
+    assert f"97–{total} of {total} faces, best first" in [c.value for c in at.caption]
+    assert len([c for c in at.checkbox if c.key.startswith(f"face_{person}_")]) == total - 96
+    at = signed_in("review")
+    assert "1–1 of 1 faces, oldest first" in [c.value for c in at.caption]
