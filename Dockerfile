@@ -35,7 +35,7 @@ FROM builder AS models
 WORKDIR /src
 # Only the modules the face loader imports, so that other code changes keep this layer (and its
 # 300 MB download) cached. tests/test_deployment.py checks that this list is complete.
-COPY face_engines.py media_processor.py media_decode.py video_frames.py ./
+COPY face_engines.py media_processor.py media_decode.py video_frames.py commands.py ./
 COPY docker/bake_models.py docker/
 # BAKE_INSIGHTFACE=0 builds an image without the buffalo_l weights (their licence allows
 # non-commercial research use only), for FACE_ENGINE=dlib.

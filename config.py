@@ -249,3 +249,4 @@ def load_settings(env_file: str | Path | None = ".env", **overrides: object) -> 
         for error in exc.errors(include_url=False):
             problems.append(_describe(error))
         raise ConfigError(problems) from None
+

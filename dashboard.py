@@ -13,6 +13,7 @@ dashboard_pages/; .streamlit/config.toml holds Streamlit's own settings.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import psycopg
 import streamlit as st
@@ -21,8 +22,13 @@ import config
 from dashboard_pages import access, app
 
 
+FAVICON = Path(__file__).resolve().parent / "dashboard_pages" / "favicon.png"
+
+
 def main() -> None:
-    st.set_page_config(page_title="Face Archiver", page_icon=":material/face:", layout="wide")
+    # The icon is a file of ours: a ":material/…:" icon makes every browser fetch it from
+    # fonts.gstatic.com, telling a third party each time the operator opens the archive.
+    st.set_page_config(page_title="Face Archiver", page_icon=str(FAVICON), layout="wide")
 
     try:
         settings = app.settings()
@@ -40,6 +46,7 @@ def main() -> None:
             st.Page(app.OVERVIEW_PAGE, title="Overview", icon=":material/monitoring:", default=True),
             st.Page(app.CHATS_PAGE, title="Chats", icon=":material/forum:"),
             st.Page(app.ERRORS_PAGE, title="Errors", icon=":material/error:"),
+            st.Page(app.AUDIT_PAGE, title="Audit log", icon=":material/history:"),
         ],
         "Persons": [
             st.Page(app.GALLERY_PAGE, title="Persons", icon=":material/groups:"),

@@ -247,33 +247,53 @@ def embedding_column_dimension(conn: psycopg.Connection) -> int:
 def ensure_engine(conninfo: str, engine: str, dimension: int) -> EngineRecord:
     """Record `engine` as the maker of this database's embeddings, or check that it already is.
 
-    A database without stored faces takes any engine; its embedding column is re-declared with
-    the engine's dimension. A database with faces of another engine raises `EngineMismatch`.
+    The record binds only once a face is stored: a database without faces takes any engine (its
+    embedding column is re-declared with the engine's dimension, and the record follows), so a
+    first start that stops before its first face (the weights could not be fetched, the login
+    was cancelled) leaves the operator free to choose another engine. A database with faces of
+    another engine raises `EngineMismatch`.
     """
     with psycopg.connect(conninfo) as conn, conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+        problem = engine_problem(conn, engine, dimension)
+        if problem:
+            raise EngineMismatch(problem)
         record = recorded_engine(conn)
-        if record is None:
-            has_faces = conn.execute("SELECT EXISTS (SELECT 1 FROM face_embeddings)").fetchone()[0]
-            column = embedding_column_dimension(conn)
-            if has_faces and column != dimension:
-                # Faces from before the engine was recorded (a seed database): 512-d ArcFace.
-                raise EngineMismatch(_mismatch_message("insightface", column, engine, dimension))
-            if not has_faces and column != dimension:
-                _set_embedding_dimension(conn, dimension)
-            conn.execute("INSERT INTO face_engine (engine, dimension) VALUES (%s, %s)", (engine, dimension))
-            logger.info("recorded face engine %s (%d-d embeddings)", engine, dimension)
-            return EngineRecord(engine, dimension)
-        if record != EngineRecord(engine, dimension):
-            raise EngineMismatch(_mismatch_message(record.engine, record.dimension, engine, dimension))
-        return record
+        if record == EngineRecord(engine, dimension):
+            return record
+        if embedding_column_dimension(conn) != dimension:
+            _set_embedding_dimension(conn, dimension)
+        conn.execute("DELETE FROM face_engine")
+        conn.execute("INSERT INTO face_engine (engine, dimension) VALUES (%s, %s)", (engine, dimension))
+        logger.info("recorded face engine %s (%d-d embeddings)%s", engine, dimension,
+                    f", replacing {record.engine} (no face was stored)" if record else "")
+        return EngineRecord(engine, dimension)
+
+
+def engine_problem(conn: psycopg.Connection, engine: str, dimension: int) -> str | None:
+    """Why `engine` cannot use this database (its stored faces are another engine's), or None.
+
+    Reads only: `main.py check` asks it without changing what a running daemon relies on.
+    """
+    if not conn.execute("SELECT EXISTS (SELECT 1 FROM face_embeddings)").fetchone()[0]:
+        return None
+    record = recorded_engine(conn)
+    if record is None:
+        column = embedding_column_dimension(conn)
+        # Faces from before the engine was recorded (a seed database): 512-d ArcFace.
+        return None if column == dimension else _mismatch_message("insightface", column, engine, dimension)
+    if record != EngineRecord(engine, dimension):
+        return _mismatch_message(record.engine, record.dimension, engine, dimension)
+    return None
 
 
 def _mismatch_message(stored: str, stored_dim: int, wanted: str, wanted_dim: int) -> str:
+    from commands import python_command
+
     return (
         f"the stored faces were made by the {stored!r} engine ({stored_dim}-d) but FACE_ENGINE is "
         f"{wanted!r} ({wanted_dim}-d); embeddings of two models cannot be compared. Either set "
-        f"FACE_ENGINE={stored}, or re-index with `python main.py reindex --engine {wanted}`, "
+        f"FACE_ENGINE={stored}, or re-index with `{python_command()} main.py reindex --engine {wanted}`, "
         f"which deletes every stored face and analyses all media again with the new engine."
     )
 

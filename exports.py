@@ -81,10 +81,22 @@ class ExportMedia:
 
 
 @dataclass
+class ExportChat:
+    """A chat of the export: recorded in imported_chats, so that it is known by its name."""
+
+    chat_id: int
+    name: str | None
+    export_type: str
+    messages: int = 0
+    media: int = 0
+
+
+@dataclass
 class ExportContents:
     """What `read_export` found."""
 
     media: list[ExportMedia] = field(default_factory=list)
+    chat_list: list[ExportChat] = field(default_factory=list)
     chats: int = 0
     messages: int = 0
     not_included: int = 0   # media the export left out (size limits, unchecked types) or lost
@@ -128,10 +140,13 @@ def _read_chat(chat: dict, export_dir: Path, contents: ExportContents) -> None:
     except (KeyError, TypeError, ValueError) as exc:
         raise ExportError(f"a chat in the export has no usable id: {exc}") from exc
     name = str(chat.get("name") or "")
+    about = ExportChat(chat_id, name or None, str(chat.get("type", "")))
+    contents.chat_list.append(about)
     for message in chat.get("messages") or []:
         if not isinstance(message, dict) or message.get("type") != "message":
             continue
         contents.messages += 1
+        about.messages += 1
         found = _media_of(message)
         if found is None:
             continue
@@ -145,6 +160,7 @@ def _read_chat(chat: dict, export_dir: Path, contents: ExportContents) -> None:
             continue
         contents.media.append(ExportMedia(chat_id, int(message["id"]), path, media_type, mime,
                                           _date(message), name))
+        about.media += 1
 
 
 def _media_of(message: dict) -> tuple[str, str | None, str | None] | None:
@@ -214,6 +230,11 @@ async def enqueue(pool: AsyncConnectionPool, contents: ExportContents, *,
     """
     from tqdm import tqdm
 
+    async with pool.connection() as conn, conn.transaction():
+        for chat in contents.chat_list:
+            await conn.execute(queries.export_record_chat, {
+                "chat_id": chat.chat_id, "chat_title": chat.name, "export_type": chat.export_type,
+                "messages": chat.messages, "media": chat.media})
     new = 0
     bar = tqdm(total=len(contents.media), desc="reading", unit="file", disable=None if progress else True)
     with bar:

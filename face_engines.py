@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 INSIGHTFACE_PACK = "buffalo_l"
 # The two files of the pack we use; the pack also ships landmark and age/gender models.
 INSIGHTFACE_FILES = {"detection": "det_10g.onnx", "recognition": "w600k_r50.onnx"}
+# Where insightface's own downloader fetches packs (insightface.utils.storage).
+INSIGHTFACE_ZOO = "https://github.com/deepinsight/insightface/releases/download/model-zoo/"
 
 # ArcFace's 112×112 reference landmarks (insightface.utils.face_align.arcface_dst).
 _ARCFACE_TEMPLATE = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
@@ -86,15 +88,27 @@ def find_insightface_models(models_dir: Path, pack: str = INSIGHTFACE_PACK) -> d
     """
     pack_dir = insightface_pack_dir(models_dir, pack)
     paths = {task: pack_dir / filename for task, filename in INSIGHTFACE_FILES.items()}
-    missing = [str(path) for path in paths.values() if not path.is_file()]
+    missing = [path.name for path in paths.values() if not path.is_file() or path.stat().st_size == 0]
     if missing:
         present = sorted(p.name for p in pack_dir.glob("*.onnx")) if pack_dir.is_dir() else []
         raise ModelUnavailableError(
-            f"InsightFace '{pack}' weights not found: missing {', '.join(missing)}"
-            f" (found in {pack_dir}: {', '.join(present) or 'nothing'}). Bake them into the image"
-            f" at build time, or unzip {pack}.zip from the insightface model zoo into {pack_dir};"
-            " or choose the dlib engine, which needs no download.")
+            f"InsightFace '{pack}' weights not found in {pack_dir} (missing {', '.join(missing)}; "
+            f"found {', '.join(present) or 'nothing'}). " + how_to_get_insightface(models_dir, pack))
     return paths
+
+
+def how_to_get_insightface(models_dir: Path, pack: str = INSIGHTFACE_PACK) -> str:
+    """What the operator can do when the pack is missing: fetch it, place it by hand, or use dlib."""
+    from commands import python_command
+
+    python = python_command()
+    pack_dir = insightface_pack_dir(models_dir, pack)
+    files = " and ".join(INSIGHTFACE_FILES.values())
+    return (f"With network access, fetch them (about 300 MB, once): `PYTHONPATH=. {python} "
+            f"docker/bake_models.py {models_dir}`. Without, download {INSIGHTFACE_ZOO}{pack}.zip "
+            f"elsewhere and unzip it so that {files} are in {pack_dir}/. Or choose the dlib "
+            f"engine (FACE_ENGINE=dlib), which needs no download (the weights are InsightFace's, "
+            f"for non-commercial research use only).")
 
 
 def download_insightface_models(models_dir: Path, pack: str = INSIGHTFACE_PACK) -> dict[str, Path]:
@@ -117,7 +131,7 @@ def download_insightface_models(models_dir: Path, pack: str = INSIGHTFACE_PACK) 
     except Exception as exc:  # noqa: BLE001 - urllib/requests/zipfile errors alike mean "not fetched"
         raise ModelUnavailableError(
             f"could not download InsightFace '{pack}' into {root / 'models'} "
-            f"({type(exc).__name__}: {exc}); place the files there by hand, or use the dlib engine"
+            f"({type(exc).__name__}: {exc}). " + how_to_get_insightface(models_dir, pack)
         ) from exc
     return find_insightface_models(models_dir, pack)
 

@@ -15,7 +15,8 @@ CREATE TABLE schema_migrations (
     applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
 );
 INSERT INTO schema_migrations (version, name) VALUES (1, 'seed_schema'), (2, 'face_archiver'),
-                                                     (3, 'topic_request'), (4, 'telegram_ids_and_account_states');
+                                                     (3, 'topic_request'), (4, 'telegram_ids_and_account_states'),
+                                                     (5, 'dashboard');
 
 -- The face engine that made the stored embeddings (one row at most). Embeddings of two models
 -- are not comparable, so the application refuses to start with another engine.
@@ -296,6 +297,36 @@ CREATE TABLE processing_errors (
 CREATE INDEX idx_errors_timestamp ON processing_errors(error_timestamp DESC);
 CREATE INDEX idx_errors_type ON processing_errors(error_type);
 CREATE INDEX idx_errors_job ON processing_errors (job_id) WHERE job_id IS NOT NULL;
+
+-- ============================================
+-- The dashboard's own records (migrations/0005_dashboard.sql)
+-- ============================================
+-- imported_chats: the chats of Telegram Desktop exports that `main.py import` read, with the
+-- export's name for them. A message imported from an export has no scan_checkpoints row (no
+-- account reads it), so without this the chat had no name anywhere: captions said "chat -100…"
+-- and the dashboard's Chats page said no chat was known.
+CREATE TABLE imported_chats (
+    chat_id BIGINT PRIMARY KEY,                 -- Telegram's marked id, as everywhere
+    chat_title TEXT,                            -- the export's "name"
+    export_type TEXT,                           -- the export's "type" (private_supergroup, personal_chat, …)
+    messages INTEGER NOT NULL DEFAULT 0 CHECK (messages >= 0),   -- messages in its latest import
+    media INTEGER NOT NULL DEFAULT 0 CHECK (media >= 0),         -- photo and video files among them
+    first_imported_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    last_imported_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+
+-- dashboard_audit: every change made on the dashboard, who made it and what it changed, in the
+-- operator's words and as data (what undoing it would need). Written in the same transaction
+-- as the change (dashboard_pages/audit.py: record), so the log and the archive cannot disagree.
+CREATE TABLE dashboard_audit (
+    id BIGSERIAL PRIMARY KEY,
+    at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    actor TEXT NOT NULL DEFAULT 'dashboard',    -- who: the dashboard has one password, one operator
+    action TEXT NOT NULL,                       -- e.g. rename_person, merge_persons, retry_jobs
+    summary TEXT NOT NULL,                      -- what the operator was told, as plain text
+    details JSONB NOT NULL DEFAULT '{}'::jsonb  -- ids and values before and after
+);
+CREATE INDEX idx_dashboard_audit_at ON dashboard_audit (at DESC);
 
 -- ============================================
 -- Maintenance functions (from the original requirements)

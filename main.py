@@ -1,23 +1,32 @@
 """Face Archiver: the command line and the daemon's composition root.
 
-    python main.py [run] [--role all|scanner|worker|uploader]   the daemon (default)
-    python main.py check                                         validate settings and database
-    python main.py import EXPORT_DIR                             analyse a Telegram Desktop export
-    python main.py reindex --engine ENGINE                       re-analyse everything with another engine
-    python main.py health [--max-age SECONDS]                    is the daemon alive? (Docker HEALTHCHECK)
-    python main.py retry [--chat ID] [--error-type TYPE] [--only jobs|posts] [--list]
-                                                                 queue failed jobs and posts again
-    python main.py remove-chat CHAT_ID [--account ID] [--drop-data --yes]
-                                                                 stop watching a chat (and forget it)
-    python main.py forget PERSON_ID --yes                        erase a person (faces, crops, posts)
+    .venv/bin/python main.py [run] [--role all|scanner|worker|uploader]   the daemon (default)
+    .venv/bin/python main.py check                        validate settings, database, face weights
+    .venv/bin/python main.py import EXPORT_DIR            analyse a Telegram Desktop export
+    .venv/bin/python main.py reindex --engine ENGINE      re-analyse everything with another engine
+    .venv/bin/python main.py health [--max-age SECONDS]   is the daemon alive? (Docker HEALTHCHECK)
+    .venv/bin/python main.py retry [--chat ID] [--error-type TYPE] [--only jobs|posts] [--list]
+                                                          queue failed jobs and posts again
+    .venv/bin/python main.py remove-chat CHAT_ID [--account ID] [--drop-data --yes]
+                                                          stop watching a chat (and forget it)
+    .venv/bin/python main.py forget PERSON_ID --yes       erase a person (faces, crops, posts)
 
-Roles share one database, so they can run as separate processes, on separate machines:
-- `worker`: face analysis of downloaded media (any number of these; they need the staging area);
+(In the Docker image the interpreter is plain `python`.)
+
+Roles: what one process of the daemon does. Roles share one database, so they can run as
+separate processes, on separate machines:
+- `all` (default): everything in one process. This is what a single machine runs.
+- `worker`: face analysis of downloaded media only; no Telegram account needed. Run any number
+  of these (they need the staging area, STAGING_DIR, that the scanner downloads into).
 - `scanner`: the Telegram accounts' clients: history sweeps, new messages, downloads, and the
-  dashboard's requests that need a client (new chats);
-- `uploader`: the hub account's client: topics, posts, renames and merges on Telegram;
-- `all` (default): everything in one process. A session file can be open in one process only:
-  run `scanner` and `uploader` separately only if the hub account scans nothing.
+  dashboard's requests that need a client (new chats).
+- `uploader`: the hub account's client: topics, posts, renames and merges on Telegram.
+A session file can be open in one process only: run `scanner` and `uploader` separately only if
+the hub account scans nothing.
+
+First run: `check` says what is missing (settings, the face engine's weights, Telegram's API
+id); `run` in a terminal then asks for the phone number, the login code and the two-step
+password (Ctrl-C stops it; nothing is recorded until the login succeeds).
 
 Exit codes: 0 all well (also: stopped by SIGTERM/SIGINT, or for an update); 1 the daemon stopped on
 an error; 2 configuration, database or input problems (the message says what to fix).
@@ -38,8 +47,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psycopg
+
 import config
 import database
+from commands import python_command
 
 logger = logging.getLogger("face_archiver")
 
@@ -60,24 +72,65 @@ def _engine_dimension(engine: str) -> int:
 # check, reindex, health
 
 
-def cmd_check(settings: config.Settings) -> int:
-    """Validate the configuration, reach (or start) the database, migrate it, and say what was found."""
+def cmd_check(settings: config.Settings, env_file: str) -> int:
+    """What `run` needs, in the order it needs it, every problem said at once (exit 2 if any):
+    the settings (already valid here: `main` refused them otherwise), the database (reached or
+    started, migrated), the face engine's weights and whether the stored faces are that engine's,
+    then Telegram. Changes nothing but the schema: a daemon running meanwhile is not disturbed."""
+    problems: list[str] = []
+    source = env_file if Path(env_file).is_file() else f"the environment and defaults (no {env_file})"
+    print(f"settings:       valid (read from {source})")
     try:
-        prepared = database.prepare(settings, engine=settings.face_engine,
-                                    dimension=_engine_dimension(settings.face_engine))
+        prepared = database.prepare(settings)
     except database.DatabaseError as exc:
-        print(f"database: {exc}", file=sys.stderr)
+        print(f"database:       {exc}", file=sys.stderr)
         return EXIT_CONFIG
     print(f"database:       {prepared.server.location}")
     print(f"schema version: {prepared.schema_version} (latest {database.latest_version()})")
-    if prepared.engine:
-        print(f"face engine:    {prepared.engine.engine} ({prepared.engine.dimension}-d embeddings)")
-    telegram = "configured" if settings.telegram_configured else "not configured (set TG_API_ID and TG_API_HASH)"
-    print(f"telegram api:   {telegram}")
+    engine = settings.face_engine
+    weights = engine_weights_problem(settings)
+    print(f"face engine:    {engine}: " + ("weights missing" if weights else "weights present")
+          + (f" (MODELS_DIR {settings.models_path})" if engine == "insightface" else ""))
+    if weights:
+        problems.append(f"FACE_ENGINE={engine}: {weights}")
+    with psycopg.connect(prepared.server.conninfo) as conn:
+        mismatch = database.engine_problem(conn, engine, _engine_dimension(engine))
+        faces = conn.execute("SELECT count(*) FROM face_embeddings").fetchone()[0]
+    if prepared.engine and faces:
+        print(f"stored faces:   {faces:,}, made by {prepared.engine.engine} ({prepared.engine.dimension}-d)")
+    else:
+        print("stored faces:   none yet (any engine can be chosen until the first face is stored)")
+    if mismatch:
+        problems.append(mismatch)
+    python = python_command()
+    if settings.telegram_configured:
+        print("telegram api:   configured")
+    else:
+        print("telegram api:   not configured: `run` needs TG_API_ID and TG_API_HASH from "
+              "https://my.telegram.org/apps (not needed for `import`)")
     hub = settings.hub_group_id if settings.hub_group_id is not None else "not set (posts wait in the outbox)"
     print(f"hub group:      {hub}")
+    if problems:
+        print(f"\n{len(problems)} problem(s) to fix before `{python} main.py run` or `import`:", file=sys.stderr)
+        for problem in problems:
+            print(f"  - {problem}", file=sys.stderr)
+        return EXIT_CONFIG
     print("ok")
     return EXIT_OK
+
+
+def engine_weights_problem(settings: config.Settings) -> str | None:
+    """Why the configured face engine cannot load here (its weights are missing), or None.
+    Looks for the files only: loading the models takes seconds and a lot of memory."""
+    from face_engines import ModelUnavailableError, find_insightface_models
+
+    if settings.face_engine != "insightface":
+        return None
+    try:
+        find_insightface_models(settings.models_path)
+    except ModelUnavailableError as exc:
+        return str(exc)
+    return None
 
 
 def cmd_reindex(settings: config.Settings, engine: str) -> int:
@@ -382,13 +435,16 @@ def touch_heartbeat(path: Path, role: str, facts: dict[str, Any] | None = None) 
 
 
 async def build_components(settings: config.Settings, role: str, pool, conninfo: str, hooks: Hooks,
-                           cleanup: list[Callable[[], Awaitable[None] | None]], watch=None) -> list[Component]:
+                           cleanup: list[Callable[[], Awaitable[None] | None]],
+                           shutdown: Shutdown, watch=None) -> list[Component]:
     """The components of `role`. Raises `StartupError` for what the operator must fix."""
     from processing_queue import JobQueue, RetryPolicy, WorkerPool
 
     tuning = hooks.tuning
     components: list[Component] = []
     analyser = matcher = None
+    if role in ("all", "scanner", "uploader"):
+        await ensure_an_account(settings, pool, conninfo, hooks, shutdown)
     if role in ("all", "worker"):
         from face_engines import ModelUnavailableError
         try:
@@ -398,7 +454,7 @@ async def build_components(settings: config.Settings, role: str, pool, conninfo:
         cleanup.append(analyser.close)
     telegram = None
     if role in ("all", "scanner", "uploader"):
-        telegram = await start_telegram(settings, role, pool, conninfo, hooks)
+        telegram = await start_telegram(settings, role, pool, hooks)
         cleanup.append(telegram.close)
         components.extend(Component(name, run, stop) for name, run, stop in telegram.components())
         if watch is not None:
@@ -442,11 +498,10 @@ async def run_components(components: list[Component], shutdown: Shutdown, settin
     return code
 
 
-async def start_telegram(settings: config.Settings, role: str, pool, conninfo: str, hooks: Hooks):
+async def start_telegram(settings: config.Settings, role: str, pool, hooks: Hooks):
     """The Telegram side of `role`, its accounts connected; `StartupError` if it cannot start."""
     from telegram_client import AccountError, TelegramService
 
-    await ensure_an_account(settings, pool, conninfo, hooks)
     service = TelegramService(settings, pool, role=role, client_factory=hooks.telegram_client_factory,
                               tuning=hooks.telegram_tuning)
     try:
@@ -457,35 +512,58 @@ async def start_telegram(settings: config.Settings, role: str, pool, conninfo: s
     return service
 
 
-async def ensure_an_account(settings: config.Settings, pool, conninfo: str, hooks: Hooks) -> None:
-    """The first run, with no account yet: log one in interactively, or say how to."""
+async def ensure_an_account(settings: config.Settings, pool, conninfo: str, hooks: Hooks,
+                            shutdown: Shutdown) -> None:
+    """The first run, with no account yet: log one in interactively, or say how to.
+
+    Checked before anything slow (the face model), so that the first thing a new user reads
+    is what they must provide. A signal ends the prompt at once, with nothing recorded."""
     async with pool.connection() as conn:
         accounts = await (await conn.execute(database.queries.tg_active_accounts)).fetchall()
     if accounts:
         return
+    python = python_command()
     if not settings.telegram_configured:
         raise StartupError(
             "no Telegram account yet, and TG_API_ID / TG_API_HASH are not set. Get them at "
-            "https://my.telegram.org/apps (API development tools), put them in .env, then run "
-            "`python init_account.py` (or start this again in a terminal to log in). "
-            "To analyse imported exports without Telegram: `python main.py run --role worker`.")
+            "https://my.telegram.org/apps (API development tools), put them in .env, then start "
+            f"this again in a terminal to log in (or run `{python} init_account.py`). "
+            f"To analyse Telegram Desktop exports without Telegram: `{python} main.py import EXPORT_DIR`.")
     if not sys.stdin.isatty():
         raise StartupError(
-            "no Telegram account yet: log one in with `python init_account.py` (it asks for the phone "
+            f"no Telegram account yet: log one in with `{python} init_account.py` (it asks for the phone "
             "number, the login code and the two-step password; with Docker: "
             "`docker compose run --rm app python init_account.py`), then start the daemon again.")
     import init_account
     from accounts import AccountError, telethon_client
 
     print("No Telegram account is logged in yet; let's log one in (Ctrl-C to stop).")
+
+    async def log_in() -> dict[str, Any]:
+        phone = await init_account.terminal_line("Phone number (international format, e.g. +15551234567): ")
+        return await init_account.login(settings, conninfo, phone,
+                                        factory=hooks.telegram_client_factory or telethon_client,
+                                        ask=init_account.terminal_line, ask_secret=init_account.terminal_secret)
+
+    login = asyncio.create_task(log_in(), name="login")
+    stop = asyncio.create_task(shutdown.requested.wait(), name="login-stop")
+    await asyncio.wait([login, stop], return_when=asyncio.FIRST_COMPLETED)
+    stop.cancel()
+    if not login.done():
+        login.cancel()
+        await asyncio.wait([login], timeout=5)   # the client disconnects, the terminal echoes again
+        print()
+        raise Interrupted(f"stopped before logging in ({shutdown.reason}): nothing was recorded")
     try:
-        phone = await asyncio.to_thread(input, "Phone number (international format, e.g. +15551234567): ")
-        account = await init_account.login(settings, conninfo, phone,
-                                           factory=hooks.telegram_client_factory or telethon_client)
+        account = login.result()
     except (ValueError, AccountError, init_account.LoginFailed, EOFError) as exc:
-        raise StartupError(f"login: {exc}; try again with `python init_account.py`") from exc
+        raise StartupError(f"login: {exc}; try again with `{python} init_account.py`") from exc
     print(f"Logged in: account {account['id']}. Add chats to watch with "
-          f"`python add_chat.py {account['id']} @chat` (the daemon picks them up while running).")
+          f"`{python} add_chat.py {account['id']} @chat` (the daemon picks them up while running).")
+
+
+class Interrupted(Exception):
+    """A signal stopped the daemon before it started (exit 0, like any requested stop)."""
 
 
 class StartupError(Exception):
@@ -536,13 +614,16 @@ async def _run(settings: config.Settings, role: str, prepared: database.Prepared
     watch = HealthWatch(pool)
     try:
         components = await build_components(settings, role, pool, prepared.server.conninfo, hooks, cleanup,
-                                            watch=watch)
+                                            shutdown, watch=watch)
         if not components:
             raise StartupError(f"role {role} has nothing to do here")
         code = await run_components(components, shutdown, settings, role, hooks.tuning, watch)
     except StartupError as exc:
         print(exc, file=sys.stderr)
         code = EXIT_CONFIG
+    except Interrupted as exc:
+        print(exc, file=sys.stderr)
+        code = EXIT_OK
     finally:
         for close in reversed(cleanup):
             result = close()
@@ -559,12 +640,17 @@ async def _run(settings: config.Settings, role: str, prepared: database.Prepared
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="main.py", description="Face Archiver daemon and tools")
+    parser = argparse.ArgumentParser(prog="main.py", description=__doc__.split("\n\n", 1)[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--env-file", default=".env", help="settings file read after the environment (default .env)")
     sub = parser.add_subparsers(dest="command")
     run = sub.add_parser("run", help="run the daemon (the default command)")
-    run.add_argument("--role", choices=ROLES, default="all", help="which part of the daemon this process runs")
-    sub.add_parser("check", help="validate settings, connect, migrate, print what was found")
+    run.add_argument("--role", choices=ROLES, default="all",
+                     help="which part of the daemon this process runs: all (default: everything), "
+                          "worker (face analysis only, no Telegram), scanner (reading chats and "
+                          "downloading), uploader (posting into the hub); see main.py --help")
+    sub.add_parser("check", help="validate settings, reach and migrate the database, look for the face "
+                                 "engine's weights; every problem at once")
     imp = sub.add_parser("import", help="analyse the photos and videos of a Telegram Desktop export")
     imp.add_argument("export_dir", type=Path, metavar="EXPORT_DIR", help="the folder holding result.json")
     reindex = sub.add_parser("reindex", help="delete all faces and re-analyse every media item")
@@ -587,7 +673,7 @@ def main(argv: list[str] | None = None, hooks: Hooks | None = None) -> int:
     logging.basicConfig(level=settings.log_level,
                         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
     if args.command == "check":
-        return cmd_check(settings)
+        return cmd_check(settings, args.env_file)
     if args.command == "reindex":
         return cmd_reindex(settings, args.engine)
     if args.command == "health":

@@ -46,6 +46,7 @@ __all__ = ["DetectedFace", "ENGINES", "EngineInfo", "FaceProcessor", "MediaError
 log = logging.getLogger(__name__)
 
 DEFAULT_VIDEO_FRAME_RATE = 1.0
+DEFAULT_MODELS_DIR = Path("data") / "models"   # config.Settings' default MODELS_DIR (DATA_DIR/models)
 DEFAULT_VIDEO_MAX_SECONDS = 600.0
 
 
@@ -122,7 +123,7 @@ class FaceProcessor:
                  max_pixels: int = DEFAULT_MAX_PIXELS, video_max_side: int = 1280,
                  similarity_threshold: float | None = None) -> None:
         """`engine`: a key of `ENGINES`. `models_dir`: MODELS_DIR (insightface looks in
-        ``models_dir/models/buffalo_l``; default ``~/.insightface``). `min_quality`: faces below
+        ``models_dir/models/buffalo_l``; default ``data/models``, the settings' default MODELS_DIR). `min_quality`: faces below
         are dropped (with dlib, before they are embedded). `det_size`: insightface's detector
         input. `min_face_size`: smallest face dlib looks for, in px. `max_pixels`: larger
         images and video frames are `MediaError`.
@@ -138,7 +139,7 @@ class FaceProcessor:
         self.max_pixels = max_pixels
         self.video_max_side = video_max_side
         self.link_threshold = similarity_threshold or self.info.default_similarity_threshold
-        self._engine = _shared_engine(engine, Path(models_dir or "~/.insightface").expanduser(),
+        self._engine = _shared_engine(engine, Path(models_dir or DEFAULT_MODELS_DIR).expanduser(),
                                       det_size, min_face_size)
 
     def __getstate__(self) -> dict:
@@ -407,7 +408,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Find faces in photos and videos.")
     parser.add_argument("files", nargs="+", type=Path, metavar="FILE")
     parser.add_argument("--engine", choices=sorted(ENGINES), default="insightface")
-    parser.add_argument("--models-dir", type=Path, help="MODELS_DIR (insightface weights)")
+    parser.add_argument("--models-dir", type=Path,
+                        help=f"MODELS_DIR: the insightface weights are in MODELS_DIR/models/buffalo_l "
+                             f"(default {DEFAULT_MODELS_DIR}, the daemon's default)")
     parser.add_argument("--embeddings", action="store_true", help="add each face's embedding")
     parser.add_argument("--min-quality", type=float, default=0.0)
     parser.add_argument("--frame-rate", type=float, default=DEFAULT_VIDEO_FRAME_RATE)

@@ -13,14 +13,23 @@ def person_ids(actions: list[dict[str, Any]]) -> list[int]:
     return sorted(p for p in found if isinstance(p, int))
 
 
-def describe_action(action: str, payload: dict[str, Any], names: dict[int, str]) -> str:
-    """One line saying what the daemon will do (or did) on Telegram."""
+def describe_action(action: str, payload: dict[str, Any], names: dict[int, dict[str, Any]],
+                    status: str = "pending") -> str:
+    """One line saying what the daemon will do (or did) on Telegram. `names`: {person id:
+    {"label", "topic_title"}} (app.person_labels)."""
     def who(key: str) -> str:
         person = payload.get(key)
-        return f"«{names.get(person, f'person {person}')}»"
+        return f"«{(names.get(person) or {}).get('label') or f'person {person}'}»"
 
     if action == "rename_topic":
-        return f"Rename the topic of {who('person_id')} to «{payload.get('title')}»"
+        # The label is the new name already; the topic's title is what Telegram shows until
+        # the daemon has renamed it.
+        before = (names.get(payload.get("person_id")) or {}).get("topic_title")
+        if status == "done":
+            return f"Renamed the topic to «{payload.get('title')}»"
+        if before and before != payload.get("title"):
+            return f"Rename the topic «{before}» to «{payload.get('title')}»"
+        return f"Set the title of {who('person_id')}'s topic to «{payload.get('title')}»"
     if action == "merge_persons":
         return (f"Close the topic of {who('absorbed_id')} (merged into {who('survivor_id')}) "
                 f"with a last note, renamed «{payload.get('title')}»")

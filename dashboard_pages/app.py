@@ -37,6 +37,7 @@ GALLERY_PAGE = "dashboard_pages/gallery.py"
 PERSON_PAGE = "dashboard_pages/person.py"
 REVIEW_PAGE = "dashboard_pages/review.py"
 SEARCH_PAGE = "dashboard_pages/search.py"
+AUDIT_PAGE = "dashboard_pages/audit_log.py"
 
 DB_WAIT = 10.0  # seconds a page waits for a database connection before saying it is unreachable
 
@@ -99,10 +100,16 @@ def one(query: str, params: dict[str, Any] | None = None) -> dict[str, Any] | No
     return found[0] if found else None
 
 
-def change(fn: Callable[..., T], *args: Any) -> T:
-    """Run a correction `fn(conn, *args)` (persons.py) in its own transaction."""
-    with pool().connection(timeout=DB_WAIT) as conn:
-        return fn(conn, *args)
+def change(fn: Callable[..., T], *args: Any, summary: str | Callable[[T], str] = "") -> T:
+    """Run a correction `fn(conn, *args)` (persons.py) and its audit log entry (named after
+    `fn`, saying `summary` or `summary(result)`) in one transaction."""
+    from dashboard_pages import audit
+
+    with pool().connection(timeout=DB_WAIT) as conn, conn.transaction():
+        result = fn(conn, *args)
+        said = summary(result) if callable(summary) else summary
+        audit.record(conn, fn.__name__, said or fn.__name__, args=list(args), result=result)
+        return result
 
 
 # --- messages that survive the rerun after a change ----------------------------------------------
@@ -117,6 +124,22 @@ def show_flash() -> None:
     message = st.session_state.pop("_flash", None)
     if message:
         st.success(message)
+
+
+# --- paging ----------------------------------------------------------------------------------
+
+
+def page_of(total: int, per_page: int, key: str, what: str) -> int:
+    """The offset of the page the operator chose (a page number when there is more than one
+    page), and a caption saying which items of how many are shown: "21–40 of 252 faces"."""
+    pages = max(1, -(-total // per_page))
+    page = 1
+    if pages > 1:
+        page = st.number_input(f"Page (of {pages})", min_value=1, max_value=pages, value=1, key=key)
+    offset = (page - 1) * per_page
+    if total:
+        st.caption(f"{offset + 1}–{min(total, offset + per_page)} of {total:,} {what}")
+    return offset
 
 
 # --- formatting --------------------------------------------------------------------------------
@@ -181,14 +204,20 @@ def person_link(person_id: int, label: str, hidden: bool = False, **options: Any
 
 _MARKDOWN_INLINE = re.compile(r"([\\`*_\[\]<>~$:|])")       # emphasis, links, HTML, maths, :colour[]
 _MARKDOWN_LINE_START = re.compile(r"^(\s*(?:\d+)?)([#>+.)-])", re.MULTILINE)  # headings, quotes, lists
+# Streamlit's Markdown turns bare addresses in the text into links (GFM "autolink literals",
+# found in the text after escapes are undone): an invisible word joiner breaks the pattern.
+_AUTOLINK = re.compile(r"(?<=:)(?=//)|(?<=\bwww)(?=\.)|(?<=[\w.+-])(?=@)", re.IGNORECASE)
+WORD_JOINER = "\u2060"
 
 
 def md(text: object) -> str:
-    """`text` shown as it is where Streamlit reads Markdown (titles, captions, link labels).
-    Chat titles come from Telegram and labels from whoever typed them: without this, a title
-    like "[win](https://…)" would become a link, and ":red[x]" a colour."""
+    """`text` shown as it is where Streamlit reads Markdown (titles, captions, alerts, labels of
+    buttons, links, tabs and radio options). Chat titles come from Telegram and labels from
+    whoever typed them: without this, a title like "[win](https://…)" would become a link,
+    "https://…" alone too, and ":red[x]" a colour."""
     escaped = _MARKDOWN_INLINE.sub(r"\\\1", str(text))
-    return _MARKDOWN_LINE_START.sub(lambda m: m.group(1) + "\\" + m.group(2), escaped)
+    escaped = _MARKDOWN_LINE_START.sub(lambda m: m.group(1) + "\\" + m.group(2), escaped)
+    return _AUTOLINK.sub(WORD_JOINER, escaped)
 
 
 # --- Telegram links ----------------------------------------------------------------------------
@@ -231,10 +260,10 @@ def source_text(chat_title: str | None, chat_id: int, message_id: int, *, markdo
     return f"{md(chat) if markdown else chat} · message {message_id}"
 
 
-def person_labels(actions: list[dict[str, Any]]) -> dict[int, str]:
-    """{person id: label} of every person the actions name."""
+def person_labels(actions: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    """{person id: its label and topic title} of every person the actions name."""
     ids = person_ids(actions)
-    return {r["id"]: r["label"] for r in rows(queries.dashboard_labels, {"person_ids": ids})} if ids else {}
+    return {r["id"]: r for r in rows(queries.dashboard_labels, {"person_ids": ids})} if ids else {}
 
 
 def request_chat(identifier: str, account_id: int) -> None:
@@ -242,8 +271,12 @@ def request_chat(identifier: str, account_id: int) -> None:
     dashboard holds no Telegram client; the daemon resolves the chat with its own)."""
     import add_chat  # the telegram side owns the request's format
 
-    with pool().connection(timeout=DB_WAIT) as conn:
+    from dashboard_pages import audit
+
+    with pool().connection(timeout=DB_WAIT) as conn, conn.transaction():
         add_chat.request_chat(conn, identifier, account_id=account_id)
+        audit.record(conn, "request_chat", f"Requested the chat {identifier} (account {account_id}).",
+                     chat=identifier, account_id=account_id)
 
 
 # --- search by photo ---------------------------------------------------------------------------

@@ -5,12 +5,14 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+from commands import python_command
 from dashboard_pages import app
 from database import queries
 
 st.title("Chats")
 app.show_flash()
 chats = app.rows(queries.dashboard_chats)
+imported = app.rows(queries.dashboard_imported_chats)
 
 
 def chat_name(c: dict) -> str:
@@ -18,8 +20,15 @@ def chat_name(c: dict) -> str:
     return f"{name} (@{c['chat_username']})" if c["chat_username"] else name
 
 
+def set_chat_state(conn, checkpoint_id: int, state: str) -> bool:
+    """Pause or resume a watched chat; whether it changed."""
+    return conn.execute(queries.dashboard_set_chat_state,
+                        {"checkpoint_id": checkpoint_id, "state": state}).fetchone() is not None
+
+
 if not chats:
-    st.info("No chat is watched yet. Add one below (or with `python add_chat.py`).")
+    st.info(("No chat is watched through Telegram yet" + (" (the imported ones are below)" if imported else "")
+             + f". Add one below (or with `{python_command()} add_chat.py`)."))
 else:
     st.dataframe(pd.DataFrame([{
         "Chat": chat_name(c),
@@ -54,17 +63,35 @@ else:
                "analysed. Nothing changes on Telegram." if pausing else
                "Resuming reads the chat again from where it stopped. Nothing changes on Telegram.")
     if st.button("Pause" if pausing else "Resume", key="pause_resume"):
-        changed = app.rows(queries.dashboard_set_chat_state, {
-            "checkpoint_id": chosen, "state": "paused" if pausing else "active"})
+        said = f"{'Paused' if pausing else 'Resumed'} {app.md(chat_name(chat))}."
+        changed = app.change(set_chat_state, chosen, "paused" if pausing else "active", summary=said)
         if changed:
-            app.flash(f"{'Paused' if pausing else 'Resumed'} {chat_name(chat)}.")
+            app.flash(said)
         st.rerun()
+
+# --- imported from exports ---------------------------------------------------------------------
+if imported:
+    st.subheader("Imported")
+    st.caption(f"Chats read from Telegram Desktop exports (`{python_command()} main.py import`), "
+               "by the name the export gives them. Importing again adds only what is new.")
+    st.dataframe(pd.DataFrame([{
+        "Chat": c["chat_title"] or str(c["chat_id"]),
+        "Source": "imported" + (" (also watched)" if c["watched"] else ""),
+        "Messages": c["messages"],
+        "Photos and videos": c["media"],
+        "Analysed": c["done"],
+        "Jobs waiting": c["waiting"],
+        "Jobs failed": c["failed"],
+        "Last import": app.local(c["last_imported_at"]),
+    } for c in imported]), hide_index=True, width="stretch", column_config={
+        "Last import": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm"),
+    })
 
 # --- add a chat --------------------------------------------------------------------------------
 st.subheader("Add a chat")
 accounts = app.rows(queries.dashboard_accounts)
 if not accounts:
-    st.info("Log a Telegram account in first (`python init_account.py`): a chat is read by an account.")
+    st.info(f"Log a Telegram account in first (`{python_command()} init_account.py`): a chat is read by an account.")
 else:
     with st.form("add_chat", clear_on_submit=True):
         identifier = st.text_input("Chat", placeholder="@username, https://t.me/… link, or marked id (-100…)")
@@ -82,9 +109,9 @@ else:
             try:
                 app.request_chat(identifier.strip(), account_id)
             except ValueError as exc:
-                st.error(str(exc))
+                st.error(app.md(exc))
             else:
-                app.flash(f"Requested {identifier.strip()}: the daemon adds it at its next check.")
+                app.flash(f"Requested {app.md(identifier.strip())}: the daemon adds it at its next check.")
                 st.rerun()
 
 requests = app.rows(queries.dashboard_chat_requests)

@@ -31,9 +31,9 @@ def apply(fn: Callable[..., Any], *args: Any, done: str | Callable[[Any], str],
     `person_id` (if given) and rerun. A refused correction (persons.CorrectionError) is shown
     and nothing changes."""
     try:
-        result = app.change(fn, *args)
+        result = app.change(fn, *args, summary=done)
     except persons.CorrectionError as exc:
-        st.error(f"Not changed: {exc}")
+        st.error(f"Not changed: {app.md(exc)}")
         return
     app.flash(done(result) if callable(done) else done)
     if person_id is not None:
@@ -47,7 +47,8 @@ def brief(person_ids: list[int]) -> dict[int, Person]:
 
 
 def name(person: Person) -> str:
-    return f"«{person['label']}»"
+    """A person's name in «», escaped: every message here is read as Markdown."""
+    return f"«{app.md(person['label'])}»"
 
 
 # --- rename ------------------------------------------------------------------------------------
@@ -67,16 +68,42 @@ def rename(person: Person) -> None:
         st.error(f"Too long for a topic title: {size} bytes of UTF-8, at most {persons.TITLE_MAX_BYTES}.")
         return
     if person["topic_id"] is not None:
-        on_telegram([f"the topic «{person['topic_title'] or person['label']}» is renamed to «{new}»."])
+        on_telegram([f"the topic «{app.md(person['topic_title'] or person['label'])}» is renamed to "
+                     f"«{app.md(new)}»."])
     else:
-        on_telegram([f"nothing yet: {name(person)} has no topic; it is created as «{new}» when its "
+        on_telegram([f"nothing yet: {name(person)} has no topic; it is created as «{app.md(new)}» when its "
                      "first post is due."])
     st.caption("A named person is never dissolved or renamed by the matcher.")
-    if st.button(f"Rename to «{new}»", key=f"{key}_go", type="primary"):
-        apply(persons.rename_person, person["id"], new, done=f"Renamed to «{new}».")
+    if st.button(f"Rename to «{app.md(new)}»", key=f"{key}_go", type="primary"):
+        apply(persons.rename_person, person["id"], new, done=f"Renamed to «{app.md(new)}».")
 
 
 # --- merge -------------------------------------------------------------------------------------
+
+
+def chosen_cover(conn, person_id: int) -> int | None:
+    row = conn.execute(queries.dashboard_chosen_cover, {"person_id": person_id}).fetchone()
+    return row[0] if row else None
+
+
+def merge_persons(conn, survivor_id: int, absorbed_id: int, suggestion_id: int | None = None) -> None:
+    """persons.merge_persons (or accepting suggestion `suggestion_id`), keeping the cover the
+    operator chose: the survivor's, else the absorbed person's (a merge used to fall back to
+    the automatic cover, losing the choice)."""
+    carried = None if chosen_cover(conn, survivor_id) else chosen_cover(conn, absorbed_id)
+    if suggestion_id is None:
+        persons.merge_persons(conn, survivor_id, absorbed_id)
+    else:
+        persons.accept_merge_suggestion(conn, suggestion_id, survivor_id)
+    if carried is not None:
+        persons.choose_cover(conn, survivor_id, carried)
+
+
+def default_survivor(a: Person, b: Person) -> int:
+    """The one a merge keeps unless the operator says otherwise (and persons.accept_merge_suggestion
+    too): named, then with a topic, then more faces, then the older one."""
+    return max((a, b), key=lambda p: (p["label_is_manual"], p["topic_id"] is not None,
+                                      p["faces"], -p["id"]))["id"]
 
 
 def merge_effects(survivor: Person, absorbed: Person) -> list[str]:
@@ -84,7 +111,7 @@ def merge_effects(survivor: Person, absorbed: Person) -> list[str]:
     counts = app.one(queries.dashboard_merge_preview,
                      {"survivor_id": survivor["id"], "absorbed_id": absorbed["id"]})
     takes_name = absorbed["label_is_manual"] and not survivor["label_is_manual"]
-    final = absorbed["label"] if takes_name else survivor["label"]
+    final = app.md(absorbed["label"] if takes_name else survivor["label"])
     lines = []
     if absorbed["topic_id"] is not None:
         lines.append(f"the topic {name(absorbed)} gets a last message “Merged into {final}: its posts "
@@ -125,7 +152,8 @@ def merge(person: Person, choices: list[Person]) -> None:
         return
     pair = brief([person["id"], other_id])
     keep = st.radio("Keep", [person["id"], other_id], horizontal=True, key=f"merge_keep_{person['id']}",
-                    format_func=lambda i: f"{pair[i]['label']} (#{i})",
+                    index=[person["id"], other_id].index(default_survivor(pair[person["id"]], pair[other_id])),
+                    format_func=lambda i: f"{app.md(pair[i]['label'])} (#{i})",
                     help="The person that stays; the other one's faces and posts move into it.")
     survivor, absorbed = pair[keep], pair[other_id if keep == person["id"] else person["id"]]
     on_telegram(merge_effects(survivor, absorbed))
@@ -133,7 +161,7 @@ def merge(person: Person, choices: list[Person]) -> None:
                f"to {name(survivor)}. Merging is for good.")
     if st.button(f"Merge {name(absorbed)} into {name(survivor)}", key=f"merge_go_{person['id']}",
                  type="primary"):
-        apply(persons.merge_persons, survivor["id"], absorbed["id"], person_id=survivor["id"],
+        apply(merge_persons, survivor["id"], absorbed["id"], person_id=survivor["id"],
               done=f"Merged {name(absorbed)} into {name(survivor)}.")
 
 
@@ -167,6 +195,7 @@ def hide(person: Person) -> None:
 # --- move faces out ----------------------------------------------------------------------------
 
 DESTINATIONS = {
+    "keep": "Keep only the selected: the others shown wait for the matcher",
     "new": "A new person",
     "other": "Another person",
     "pending": "Nobody yet (not this person: let the matcher place them)",
@@ -174,13 +203,38 @@ DESTINATIONS = {
 }
 
 
-def move_faces(person: Person, face_ids: list[int], choices: list[Person]) -> None:
-    if not face_ids:
+def move_faces_to_new_person(conn, face_ids: list[int], label: str = "") -> int:
+    """A new person of `face_ids`, named `label` if given, in one transaction."""
+    new_id = persons.move_faces_to_new_person(conn, face_ids)
+    if label:
+        persons.rename_person(conn, new_id, label)
+    return new_id
+
+
+def move_faces(person: Person, selected: list[int], choices: list[Person], shown: list[int] | None = None) -> None:
+    if not selected:
         st.caption("Tick the faces that are not this person (above), then choose where they go.")
         return
-    destination = st.radio(f"Move {app.plural(len(face_ids), 'selected face')} to", list(DESTINATIONS),
-                           format_func=DESTINATIONS.get, key=f"move_dest_{person['id']}")
+    destination = st.radio(f"{app.plural(len(selected), 'selected face')}:", list(DESTINATIONS),
+                           format_func=DESTINATIONS.get, key=f"move_dest_{person['id']}", index=1)
+    face_ids = selected
+    if destination == "keep":
+        face_ids = [f for f in (shown or []) if f not in set(selected)]
+        if not face_ids:
+            st.caption("Every face shown is selected: nothing leaves.")
+            return
     target = None
+    label = ""
+    if destination == "new":
+        label = " ".join(st.text_input("Name of the new person", key=f"move_name_{person['id']}",
+                                       placeholder="optional: a name now saves a rename later").split())
+        same = [c for c in choices if label and c["label"].casefold() == label.casefold()]
+        if same:
+            st.warning(f"«{app.md(same[0]['label'])}» exists already (#{same[0]['id']}): if it is the "
+                       "same person, move the faces there instead.")
+            if st.button(f"Move them to «{app.md(same[0]['label'])}»", key=f"move_to_same_{person['id']}"):
+                apply(persons.move_faces, face_ids, same[0]["id"],
+                      done=f"Moved the faces to «{app.md(same[0]['label'])}».")
     if destination == "other":
         others = {c["id"]: c for c in choices if c["id"] != person["id"]}
         target_id = st.selectbox(
@@ -213,7 +267,7 @@ def move_faces(person: Person, face_ids: list[int], choices: list[Person]) -> No
                      if counts["new_posts"] else f"nothing new is posted to {name(target)}.")
     on_telegram(lines)
     notes = [f"{name(person)} never gets these faces back from the matcher."]
-    if destination == "pending":
+    if destination in ("pending", "keep"):
         notes.append("They wait in the pending pool, where the matcher may place them with someone else.")
     elif destination == "dismiss":
         notes.append("Matching ignores them from now on.")
@@ -222,16 +276,17 @@ def move_faces(person: Person, face_ids: list[int], choices: list[Person]) -> No
             " and is removed (it is unnamed and has no topic)."
             if not person["label_is_manual"] and person["topic_id"] is None else "; it stays, empty."))
     st.caption(" ".join(notes))
-    label = f"Move {app.plural(len(face_ids), 'face')}"
-    if not st.button(label, key=f"move_go_{person['id']}", type="primary"):
+    button = f"Move {app.plural(len(face_ids), 'face')}" + (" out" if destination == "keep" else "")
+    if not st.button(button, key=f"move_go_{person['id']}", type="primary"):
         return
     if destination == "new":
-        apply(persons.move_faces_to_new_person, face_ids,
-              done=lambda new_id: f"Moved the faces to a new person (#{new_id}).")
+        apply(move_faces_to_new_person, face_ids, label,
+              done=lambda new_id: f"Moved the faces to a new person (#{new_id})"
+                                  + (f", «{app.md(label)}»." if label else "."))
     elif destination == "other":
         apply(persons.move_faces, face_ids, target["id"], done=f"Moved the faces to {name(target)}.")
-    elif destination == "pending":
-        apply(persons.unassign_faces, face_ids, done=f"The faces left {name(person)}.")
+    elif destination in ("pending", "keep"):
+        apply(persons.unassign_faces, face_ids, done=f"{app.plural(len(face_ids), 'face')} left {name(person)}.")
     else:
         apply(persons.dismiss_faces, face_ids, done="The faces are dismissed.")
 

@@ -14,9 +14,14 @@ st.title("Errors")
 app.show_flash()
 
 
+def retry_failed_of_type(conn, error_type: str) -> recovery.Retried:
+    """What failed with `error_type`, queued again (named, so the audit log says what was done)."""
+    return recovery.retry_failed(conn, error_type=error_type)
+
+
 def retry_section() -> None:
     """What failed for good, by error type, with a button to queue it again."""
-    failed = app.change(recovery.failed_summary)
+    failed = app.rows(queries.recovery_failed_summary)
     if not failed:
         return
     by_type: dict[str, dict[str, int]] = {}
@@ -30,11 +35,11 @@ def retry_section() -> None:
         for error_type, counts in list(by_type.items())[:8]:
             what = ", ".join(app.plural(n, kind) for kind, n in counts.items() if n)
             if st.button(f"Retry {what} that failed with {error_type}", key=f"retry-{error_type}"):
-                done = app.change(lambda conn, t=error_type: recovery.retry_failed(conn, error_type=t))
+                done = app.change(retry_failed_of_type, error_type, summary=lambda d: f"{d}.")
                 app.flash(f"{done}.")
                 st.rerun()
         if st.button(f"Retry all {app.plural(jobs + posts, 'failed item')}", key="retry-all", type="primary"):
-            app.flash(f"{app.change(recovery.retry_failed)}.")
+            app.flash(f"{app.change(recovery.retry_failed, summary=lambda d: f'{d}.')}.")
             st.rerun()
 
 
@@ -74,7 +79,8 @@ st.dataframe(pd.DataFrame([{
 
 st.subheader("Context")
 for e in errors[:20]:
-    with st.expander(f"{app.when(e['error_timestamp'])} · {e['error_type']} · {e['error_message'][:100]}"):
+    # Error messages hold file names and chat titles, which strangers choose: escaped.
+    with st.expander(app.md(f"{app.when(e['error_timestamp'])} · {e['error_type']} · {e['error_message'][:100]}")):
         st.code(e["error_message"], language=None, wrap_lines=True)
         context = e["error_context"] or {}
         link = app.message_link(context.get("source_chat_id"), context.get("source_message_id"))

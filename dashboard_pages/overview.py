@@ -9,6 +9,7 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
+from commands import python_command
 from dashboard_pages import app
 from dashboard_pages.actions import describe_action
 from database import queries
@@ -19,23 +20,68 @@ WORK_METRICS = {"jobs_done": "media done", "faces_found": "faces found",
                 "jobs_skipped": "skipped", "media_downloaded": "downloaded"}
 QUEUE_GAUGES = {"queue_queued": "to download", "queue_staged": "to analyse"}
 BUCKET_SECONDS = {"minute": 60, "hour": 3600, "day": 86400}
-PERIODS = {"Last 6 hours": (6, "minute"), "Last 24 hours": (24, "hour"),
+PERIODS = {"Last hour": (1, "minute"), "Last 6 hours": (6, "minute"), "Last 24 hours": (24, "hour"),
            "Last 7 days": (24 * 7, "hour"), "Last 30 days": (24 * 30, "day")}
+ALIVE_SECONDS = 150   # the workers report every minute: two reports missed means not running
 
 st.title("Overview")
 app.show_flash()
 counts = app.one(queries.dashboard_counts)
+accounts = app.rows(queries.dashboard_accounts)
+
+
+# --- health: is the daemon working, and what waits for what ---------------------------------------
+def posts_wait_because(health: dict) -> str:
+    """Why posts wait, in the order the operator has to fix it."""
+    settings = app.settings()
+    active = [a for a in accounts if a["status"] == "active"]
+    if settings.hub_group_id is None:
+        return "HUB_GROUP_ID is not set: posts wait in the outbox until it is"
+    if not active:
+        return "no active Telegram account posts them"
+    if all(a["flood_waiting"] for a in active):
+        return f"Telegram asked to wait (flood wait until {app.when(min(a['flood_wait_until'] for a in active))})"
+    if not alive(health):
+        return "the daemon is not running"
+    return f"being posted, at most {settings.hub_posts_per_minute} a minute"
+
+
+def alive(health: dict) -> bool:
+    last = health["last_report"]
+    return last is not None and (datetime.now(timezone.utc) - last).total_seconds() < ALIVE_SECONDS
+
+
+health = app.one(queries.dashboard_health)
+with st.container(border=True, key="health"):
+    cols = st.columns(4)
+    if alive(health):
+        cols[0].markdown(":green[:material/check_circle:] **Daemon running**")
+    else:
+        cols[0].markdown(":red[:material/cancel:] **Daemon not running**")
+    cols[0].caption(f"last report {app.when(health['last_report'], empty='never')}")
+    cols[1].markdown("**Last job finished**")
+    cols[1].caption(f"{app.when(health['last_job_finished'], empty='none yet')} · "
+                    f"{app.plural(health['jobs_waiting'], 'job')} waiting")
+    cols[2].markdown("**Accounts**")
+    cols[2].caption("  \n".join(
+        app.md(f"{a['display_name'] or a['username'] or 'account ' + str(a['id'])}: "
+               + ("flood wait" if a["flood_waiting"] else a["status"])) for a in accounts)
+        or "none logged in")
+    cols[3].markdown(f"**{app.plural(health['posts_waiting'], 'post')} waiting**")
+    cols[3].caption(app.md(posts_wait_because(health)) if health["posts_waiting"] else
+                    f"last post {app.when(health['last_post'], empty='none yet')}")
 
 cols = st.columns(6)
-cols[0].metric("Messages scanned", f"{counts['messages_scanned']:,}")
+cols[0].metric("Messages read", f"{counts['messages_scanned']:,}",
+               help="Messages of the watched chats read so far, and of imported exports")
 cols[1].metric("Media analysed", f"{counts['media_analysed']:,}",
                help=f"{counts['media_failed']} unreadable, {counts['media_skipped']} skipped (too large)")
 cols[2].metric("Faces", f"{counts['faces']:,}",
                help=f"{counts['faces_assigned']} in persons, {counts['faces_pending']} waiting for "
                     f"more sightings, {counts['faces_review']} for review")
 cols[3].metric("Persons", f"{counts['persons']:,}", help=f"and {counts['persons_hidden']} hidden")
-cols[4].metric("Posts", f"{counts['posts']:,}",
-               help=f"{counts['posts_due']} due, {counts['posts_failed']} failed")
+cols[4].metric("Posted", f"{counts['posts']:,}",
+               help=f"{counts['posts_due']} waiting, {counts['posts_failed']} failed")
 cols[5].metric("Errors", f"{counts['errors']:,}", help=f"{counts['errors_today']} in the last 24 hours")
 if counts["faces_review"] or counts["suggestions_open"]:
     st.page_link(app.REVIEW_PAGE, icon=":material/rule:",
@@ -44,7 +90,7 @@ if counts["faces_review"] or counts["suggestions_open"]:
 
 # --- work over time ------------------------------------------------------------------------------
 st.subheader("Work over time")
-period = st.selectbox("Period", list(PERIODS), index=1, label_visibility="collapsed")
+period = st.selectbox("Period", list(PERIODS), index=0, label_visibility="collapsed")
 hours, bucket = PERIODS[period]
 metrics = pd.DataFrame(app.rows(queries.dashboard_metrics, {"hours": hours, "bucket": bucket}),
                        columns=["bucket", "metric_name", "total", "peak"])
@@ -52,8 +98,12 @@ if metrics.empty:
     st.info("No metrics in this period yet: the daemon records them once a minute while it runs.")
 else:
     metrics["bucket"] = metrics["bucket"].map(app.local)
-    end = app.local(datetime.now(timezone.utc))
-    period_range = [end - timedelta(hours=hours), end]  # the whole period, however little data
+    seconds = BUCKET_SECONDS[bucket]
+    now = app.local(datetime.now(timezone.utc))
+    # The whole period, however little data, up to the end of the bucket "now" lies in: its bar
+    # is drawn at the bucket's middle, which may lie after now (right after an import, all of
+    # the work is in that bucket).
+    period_range = [now - timedelta(hours=hours), max(now, metrics["bucket"].max() + timedelta(seconds=seconds))]
     work = metrics[metrics["metric_name"].isin(list(WORK_METRICS))].copy()
     queue = metrics[metrics["metric_name"].isin(list(QUEUE_GAUGES))].copy()
     left, right = st.columns(2)
@@ -61,7 +111,6 @@ else:
         work["what"] = work["metric_name"].map(WORK_METRICS)
         # Bars at the middle of their bucket and as wide as it (shared by the series): plotly
         # would otherwise draw a lone bucket as a hairline on a day-long axis.
-        seconds = BUCKET_SECONDS[bucket]
         work["bucket"] = work["bucket"] + timedelta(seconds=seconds / 2)
         figure = px.bar(work, x="bucket", y="total", color="what", barmode="group",
                         labels={"bucket": "", "total": f"per {bucket}", "what": ""},
@@ -88,9 +137,8 @@ for col, status in zip(cols[2:], ("done", "failed", "skipped")):
 
 # --- accounts ------------------------------------------------------------------------------------
 st.subheader("Accounts")
-accounts = app.rows(queries.dashboard_accounts)
 if not accounts:
-    st.info("No Telegram account yet: log one in with `python init_account.py`.")
+    st.info(f"No Telegram account yet: log one in with `{python_command()} init_account.py`.")
 else:
     def account_state(a: dict) -> str:
         if a["flood_waiting"]:
@@ -115,7 +163,7 @@ else:
     names = app.person_labels(actions)
     st.dataframe(pd.DataFrame([{
         "Requested": app.local(a["created_at"]),
-        "Change": describe_action(a["action"], a["payload"], names),
+        "Change": describe_action(a["action"], a["payload"], names, a["status"]),
         "State": a["status"] + (f" ({a['attempts']} attempts)" if a["attempts"] > 1 else ""),
         "Applied": app.when(a["applied_at"], empty=""),  # text: no "None" while pending
         "Error": a["error"] or "",

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+import persons
 from dashboard_pages import app, corrections
 from database import queries
 
@@ -58,26 +59,53 @@ facts = [
     "named by you" if person["label_is_manual"] else "not named yet",
     (f"[topic]({topic})" if topic else f"topic {person['topic_id']}") if person["topic_id"] is not None
     else "no topic yet (created when its first post is due)",
-    f"{app.plural(person['faces'], 'face')} in {app.plural(person['media'], 'media item')}",
-    f"{person['posts']} posted, {person['posts_due']} due",
+    f"{app.plural(person['faces'], 'face')} in {app.plural(person['media'], 'media item')}"
+    + (f" ({person['media_listed']} with its posts)" if person["media_listed"] != person["media"] else ""),
+    f"{person['posts']} posted, {person['posts_due']} waiting",
     f"first seen {app.when(person['first_seen'])}, last seen {app.when(person['last_seen'])}",
 ]
 about.markdown(" · ".join(facts))
 
 # --- faces -------------------------------------------------------------------------------------
 st.subheader("Faces")
-faces = app.rows(queries.dashboard_person_faces, {"person_id": person_id, "limit": FACES_SHOWN})
+offset = app.page_of(person["faces"], FACES_SHOWN, f"faces_page_{person_id}", "faces, best first")
+faces = app.rows(queries.dashboard_person_faces, {"person_id": person_id, "limit": FACES_SHOWN, "offset": offset})
+
+
+def face_key(face_id: int) -> str:
+    return f"face_{person_id}_{face_id}"
+
+
+def select(face_ids: list[int], value: bool) -> None:
+    """Tick (or untick) these faces: a callback, so it runs before the boxes are drawn."""
+    for face_id in face_ids:
+        st.session_state[face_key(face_id)] = value
+
+
 if not faces:
     st.caption("No faces left.")
 else:
-    st.caption("Best first. Tick the faces that are not this person, then use “Move faces” below."
-               + (f" Showing the best {FACES_SHOWN} of {person['faces']}." if person["faces"] > FACES_SHOWN else ""))
+    st.caption("Tick the faces that are not this person (or the ones that are, and “keep only "
+               "the selected”), then choose where they go under “Move faces” below.")
+    ids = [f["id"] for f in faces]
+    ticked = sum(bool(st.session_state.get(face_key(i))) for i in ids)
+    bar = st.columns([1, 1, 1, 5], vertical_alignment="center")
+    bar[0].button("Select all", key=f"select_all_{person_id}", on_click=select, args=(ids, True))
+    bar[1].button("Select none", key=f"select_none_{person_id}", on_click=select, args=(ids, False),
+                  disabled=not ticked)
+    bar[2].button("Invert", key=f"select_invert_{person_id}", on_click=lambda: [
+        select([i], not st.session_state.get(face_key(i))) for i in ids])
+    bar[3].caption(f"{ticked} of {len(ids)} selected")
 for start in range(0, len(faces), FACES_PER_ROW):
     for col, face in zip(st.columns(FACES_PER_ROW), faces[start:start + FACES_PER_ROW]):
         with col:
             st.image(face["crop_jpeg"], width="stretch")
-            cover_mark = " ★" if face["id"] == person["cover_face_id"] else ""
-            st.checkbox(f"#{face['id']}{cover_mark}", key=f"face_{person_id}_{face['id']}")
+            is_cover = face["id"] == person["cover_face_id"]
+            tick, star = st.columns([3, 1], vertical_alignment="center")
+            tick.checkbox(f"#{face['id']}{' ★' if is_cover else ''}", key=face_key(face["id"]))
+            if not is_cover and star.button("☆", key=f"cover_face_{face['id']}", help="Set as cover",
+                                            type="tertiary"):
+                corrections.apply(persons.choose_cover, person_id, face["id"], done="Cover changed.")
             link = app.message_link(face["source_chat_id"], face["source_message_id"], face["chat_username"])
             source = app.source_text(face["chat_title"], face["source_chat_id"], face["source_message_id"])
             if face["frame_time"] is not None:
@@ -92,6 +120,9 @@ st.subheader("Media")
 media = app.rows(queries.dashboard_person_media, {"person_id": person_id, "limit": MEDIA_SHOWN})
 hub = app.hub_of(person)
 if media:
+    st.caption(f"Every media item with a face of this person or a post in its topic, newest first"
+               + (f" (the newest {len(media)} of {person['media_listed']})." if person["media_listed"] > len(media) else
+                  f": {len(media)}."))
     st.dataframe(pd.DataFrame([{
         "Date": app.local(m["message_date"]),
         "Type": m["media_type"],
@@ -123,7 +154,7 @@ with rename:
 with merge:
     corrections.merge(person, choices)
 with move:
-    corrections.move_faces(person, selected, choices)
+    corrections.move_faces(person, selected, choices, shown=[f["id"] for f in faces])
 with cover:
     corrections.cover(person, faces)
 with hide:

@@ -16,11 +16,10 @@ st.title("Review")
 app.show_flash()
 
 
-def default_survivor(a: dict, b: dict) -> int:
-    """The one persons.accept_merge_suggestion keeps by default: named, then with a topic, then
-    more faces, then the older one."""
-    return max((a, b), key=lambda p: (p["label_is_manual"], p["topic_id"] is not None,
-                                      p["faces"], -p["id"]))["id"]
+def reject_suggestions(conn, suggestion_ids: list[int]) -> None:
+    """Several "different people" answers at once, in one transaction."""
+    for suggestion_id in suggestion_ids:
+        persons.reject_merge_suggestion(conn, suggestion_id)
 
 
 def person_tile(column, person: dict, caption: str = "") -> None:
@@ -34,8 +33,16 @@ def person_tile(column, person: dict, caption: str = "") -> None:
 # --- maybe the same person ---------------------------------------------------------------------
 st.subheader("Maybe the same person")
 suggestions = app.rows(queries.dashboard_merge_suggestions, {"limit": SHOWN})
+open_total = app.one(queries.dashboard_counts)["suggestions_open"]
 if not suggestions:
     st.caption("No suggestions. Persons whose faces come close are offered here, never merged silently.")
+else:
+    left, right = st.columns([3, 2], vertical_alignment="center")
+    left.caption(f"{len(suggestions)} of {open_total}, most alike first.")
+    if right.button(f"Different people: all {len(suggestions)} shown", key="suggestions_reject_all"):
+        corrections.apply(reject_suggestions, [s["id"] for s in suggestions],
+                          done=f"Noted: the {app.plural(len(suggestions), 'pair')} shown are different "
+                               "people; they are not offered again.")
 pairs = brief(sorted({p for s in suggestions for p in (s["person_a"], s["person_b"])}))
 for s in suggestions:
     a, b = pairs.get(s["person_a"]), pairs.get(s["person_b"])
@@ -48,14 +55,14 @@ for s in suggestions:
         with decide:
             st.markdown(f"Similarity of their closest faces: **{s['score']:.3f}**")
             pair = {a["id"]: a, b["id"]: b}
-            keep = st.radio("Keep", list(pair), index=list(pair).index(default_survivor(a, b)),
+            keep = st.radio("Keep", list(pair), index=list(pair).index(corrections.default_survivor(a, b)),
                             horizontal=True, key=f"suggestion_keep_{s['id']}",
-                            format_func=lambda i, pair=pair: pair[i]["label"])
+                            format_func=lambda i, pair=pair: app.md(pair[i]["label"]))
             survivor, absorbed = (a, b) if keep == a["id"] else (b, a)
             on_telegram(corrections.merge_effects(survivor, absorbed))
             same, different = st.columns(2)
             if same.button("Same person: merge", key=f"suggestion_merge_{s['id']}", type="primary"):
-                corrections.apply(persons.accept_merge_suggestion, s["id"], survivor["id"],
+                corrections.apply(corrections.merge_persons, survivor["id"], absorbed["id"], s["id"],
                                   done=f"Merged {name(absorbed)} into {name(survivor)}.")
             if different.button("Different people", key=f"suggestion_reject_{s['id']}"):
                 corrections.apply(persons.reject_merge_suggestion, s["id"],
@@ -65,13 +72,13 @@ for s in suggestions:
 # --- faces to decide ---------------------------------------------------------------------------
 st.subheader("Faces to decide")
 total = app.one(queries.dashboard_review_total)["count"]
-faces = app.rows(queries.dashboard_review_faces, {"limit": SHOWN})
+offset = app.page_of(total, SHOWN, "review_page", "faces, oldest first")
+faces = app.rows(queries.dashboard_review_faces, {"limit": SHOWN, "offset": offset})
 if not faces:
     st.caption("No faces to decide. A face that looks like two persons almost equally waits here "
                "instead of being guessed.")
-elif total > len(faces):
-    st.caption(f"The oldest {len(faces)} of {total}.")
 candidates = brief(sorted({c["person_id"] for f in faces for c in (f["review_candidates"] or [])}))
+everyone = app.rows(queries.dashboard_person_choices) if faces else []
 for face in faces:
     options: dict[int, dict] = {}
     similarity: dict[int, float] = {}
@@ -90,10 +97,19 @@ for face in faces:
                        + (f"  \n{len(face['unit_ids'])} faces of one video track" if len(face["unit_ids"]) > 1 else ""))
         for column, person in zip(columns[1:], options.values()):
             person_tile(column, person, f"similarity {similarity[person['id']]:.3f}")
-            if column.button(f"It's {person['label']}", key=f"review_{face['id']}_{person['id']}"):
+            if column.button(f"It's {app.md(person['label'])}", key=f"review_{face['id']}_{person['id']}"):
                 corrections.apply(persons.resolve_review, face["id"], person["id"],
                                   done=f"The face is {name(person)}'s.")
         with columns[-1]:
+            anyone = {c["id"]: c for c in everyone}
+            chosen = st.selectbox("Someone else", list(anyone), index=None, key=f"review_other_{face['id']}",
+                                  placeholder="Type a name", format_func=lambda i, a=anyone: (
+                                      f"{app.person_name(a[i]['label'], a[i]['hidden'])} (#{i})"))
+            if chosen is not None and st.button(f"It's {app.md(anyone[chosen]['label'])}",
+                                                key=f"review_other_go_{face['id']}"):
+                # Any person, not only the matcher's candidates (with the video track's other faces).
+                corrections.apply(persons.resolve_review, face["id"], chosen,
+                                  done=f"The face is «{app.md(anyone[chosen]['label'])}»'s.")
             on_telegram(["choosing a person posts this media item in their topic (unless they are "
                          "hidden or have it already).",
                          "a new person gets its topic with its first post; “nobody” posts nothing."])

@@ -8,7 +8,9 @@
 -- name: dashboard_counts
 -- One row of totals for the overview.
 SELECT
-    (SELECT coalesce(sum(processed_messages), 0) FROM scan_checkpoints) AS messages_scanned,
+    (SELECT coalesce(sum(processed_messages), 0) FROM scan_checkpoints)
+        + (SELECT coalesce(sum(messages), 0) FROM imported_chats) AS messages_scanned,
+    (SELECT coalesce(sum(messages), 0) FROM imported_chats) AS messages_imported,
     (SELECT count(*) FROM media_items WHERE status = 'analysed') AS media_analysed,
     (SELECT count(*) FROM media_items WHERE status = 'failed') AS media_failed,
     (SELECT count(*) FROM media_jobs WHERE status = 'skipped') AS media_skipped,
@@ -24,6 +26,16 @@ SELECT
     (SELECT count(*) FROM processing_errors) AS errors,
     (SELECT count(*) FROM processing_errors WHERE error_timestamp > now() - interval '1 day') AS errors_today,
     (SELECT count(*) FROM merge_suggestions WHERE status = 'open') AS suggestions_open;
+
+-- name: dashboard_health
+-- Whether the daemon works: its workers write the queue gauges once a minute while they run
+-- (last_report), the last job any of them finished, and what waits.
+SELECT
+    (SELECT max(recorded_at) FROM processing_metrics WHERE metric_name = 'queue_depth') AS last_report,
+    (SELECT max(finished_at) FROM media_jobs WHERE status IN ('done', 'failed', 'skipped')) AS last_job_finished,
+    (SELECT count(*) FROM media_jobs WHERE status IN ('queued', 'staged')) AS jobs_waiting,
+    (SELECT count(*) FROM uploaded_media WHERE status IN ('pending', 'sending')) AS posts_waiting,
+    (SELECT max(uploaded_at) FROM uploaded_media WHERE status = 'posted') AS last_post;
 
 -- name: dashboard_jobs_by_status
 -- The job queue by status: queued (to download) and staged (to analyse) are its depth.
@@ -76,6 +88,21 @@ LEFT JOIN LATERAL (
 ) j ON TRUE
 WHERE c.state <> 'removed'
 ORDER BY c.account_id, c.chat_title NULLS LAST, c.chat_id;
+
+-- name: dashboard_imported_chats
+-- Chats known from Telegram Desktop exports (main.py import), with their jobs still waiting
+-- and failed; a chat that is also watched through Telegram is listed with the watched ones too.
+SELECT i.chat_id, i.chat_title, i.export_type, i.messages, i.media, i.first_imported_at,
+       i.last_imported_at, j.done, j.waiting, j.failed,
+       EXISTS (SELECT 1 FROM scan_checkpoints c WHERE c.chat_id = i.chat_id AND c.state <> 'removed') AS watched
+FROM imported_chats i
+LEFT JOIN LATERAL (
+    SELECT count(*) FILTER (WHERE status = 'done') AS done,
+           count(*) FILTER (WHERE status IN ('queued', 'staged')) AS waiting,
+           count(*) FILTER (WHERE status = 'failed') AS failed
+    FROM media_jobs WHERE source_chat_id = i.chat_id AND origin = 'export'
+) j ON TRUE
+ORDER BY i.chat_title NULLS LAST, i.chat_id;
 
 -- name: dashboard_set_chat_state
 -- Pause (%(state)s = 'paused') or resume ('active') the watched chat %(checkpoint_id)s; a
@@ -169,6 +196,11 @@ SELECT t.id, t.label, t.label_is_manual, t.hidden, t.topic_id, t.topic_title, t.
        coalesce(seen.last_date, t.last_seen) AS last_seen, t.created_at,
        (SELECT count(*) FROM face_embeddings f WHERE f.topic_id = t.id) AS faces,
        (SELECT count(DISTINCT f.media_item_id) FROM face_embeddings f WHERE f.topic_id = t.id) AS media,
+       (SELECT count(*) FROM (SELECT media_item_id FROM face_embeddings f
+                              WHERE f.topic_id = t.id AND f.media_item_id IS NOT NULL
+                              UNION
+                              SELECT media_item_id FROM uploaded_media u
+                              WHERE u.topic_id = t.id AND u.media_item_id IS NOT NULL) x) AS media_listed,
        (SELECT count(*) FROM uploaded_media u WHERE u.topic_id = t.id AND u.status = 'posted') AS posts,
        (SELECT count(*) FROM uploaded_media u
         WHERE u.topic_id = t.id AND u.status IN ('pending', 'sending', 'failed')) AS posts_due,
@@ -184,19 +216,24 @@ LEFT JOIN LATERAL (
 WHERE t.id = %(person_id)s;
 
 -- name: dashboard_person_faces
--- Up to %(limit)s faces of person %(person_id)s, best first, with where they come from.
+-- Up to %(limit)s faces of person %(person_id)s, best first, from the %(offset)s-th on, with
+-- where they come from.
 SELECT f.id, f.crop_jpeg, coalesce(f.quality_score, 0) AS quality_score, f.low_quality, f.det_score,
        f.match_similarity, f.assigned_by, f.source_chat_id, f.source_message_id, f.media_item_id, f.frame_time,
        f.detection_timestamp, m.media_type, ch.chat_title, ch.chat_username
 FROM face_embeddings f
 LEFT JOIN media_items m ON m.id = f.media_item_id
 LEFT JOIN LATERAL (
-    SELECT chat_title, chat_username FROM scan_checkpoints c
-    WHERE c.chat_id = f.source_chat_id ORDER BY c.id LIMIT 1
+    SELECT chat_title, chat_username FROM (
+        SELECT c.chat_title, c.chat_username, 0 AS rank, c.id FROM scan_checkpoints c
+        WHERE c.chat_id = f.source_chat_id
+        UNION ALL   -- a chat known from an export only: its name there
+        SELECT i.chat_title, NULL, 1, 0 FROM imported_chats i WHERE i.chat_id = f.source_chat_id
+    ) known ORDER BY rank, id LIMIT 1
 ) ch ON TRUE
 WHERE f.topic_id = %(person_id)s
 ORDER BY f.low_quality, f.quality_score DESC, f.id
-LIMIT %(limit)s;
+LIMIT %(limit)s OFFSET %(offset)s;
 
 -- name: dashboard_person_media
 -- Up to %(limit)s media items of person %(person_id)s (with a face of it, or posted/due in its
@@ -216,8 +253,12 @@ SELECT m.id, m.media_type, m.source_chat_id, m.source_message_id, m.message_date
 FROM items JOIN media_items m ON m.id = items.media_item_id
 LEFT JOIN uploaded_media u ON u.topic_id = %(person_id)s AND u.media_item_id = m.id
 LEFT JOIN LATERAL (
-    SELECT chat_title, chat_username FROM scan_checkpoints c
-    WHERE c.chat_id = m.source_chat_id ORDER BY c.id LIMIT 1
+    SELECT chat_title, chat_username FROM (
+        SELECT c.chat_title, c.chat_username, 0 AS rank, c.id FROM scan_checkpoints c
+        WHERE c.chat_id = m.source_chat_id
+        UNION ALL   -- a chat known from an export only: its name there
+        SELECT i.chat_title, NULL, 1, 0 FROM imported_chats i WHERE i.chat_id = m.source_chat_id
+    ) known ORDER BY rank, id LIMIT 1
 ) ch ON TRUE
 ORDER BY m.message_date DESC NULLS LAST, m.id DESC
 LIMIT %(limit)s;
@@ -315,7 +356,7 @@ LIMIT %(limit)s;
 
 -- name: dashboard_review_faces
 -- Faces waiting for the operator (one per video track: the track is answered as a whole),
--- oldest first, with their candidates as the matcher saw them and the ids of their unit.
+-- oldest first, %(limit)s from the %(offset)s-th on, with their candidates as the matcher saw them and the ids of their unit.
 SELECT r.id, r.crop_jpeg, r.quality_score, r.match_similarity, r.review_candidates,
        r.source_chat_id, r.source_message_id, r.media_item_id, r.frame_time,
        r.detection_timestamp, r.unit_ids, ch.chat_title, ch.chat_username
@@ -327,12 +368,16 @@ FROM (
            best AS (whole ORDER BY f.quality_score DESC, f.id)
 ) r
 LEFT JOIN LATERAL (
-    SELECT chat_title, chat_username FROM scan_checkpoints c
-    WHERE c.chat_id = r.source_chat_id ORDER BY c.id LIMIT 1
+    SELECT chat_title, chat_username FROM (
+        SELECT c.chat_title, c.chat_username, 0 AS rank, c.id FROM scan_checkpoints c
+        WHERE c.chat_id = r.source_chat_id
+        UNION ALL   -- a chat known from an export only: its name there
+        SELECT i.chat_title, NULL, 1, 0 FROM imported_chats i WHERE i.chat_id = r.source_chat_id
+    ) known ORDER BY rank, id LIMIT 1
 ) ch ON TRUE
 WHERE r.rank = 1
 ORDER BY r.detection_timestamp, r.id
-LIMIT %(limit)s;
+LIMIT %(limit)s OFFSET %(offset)s;
 
 -- name: dashboard_review_total
 SELECT count(DISTINCT (media_item_id, coalesce(track_id::bigint, -id)))
@@ -342,8 +387,9 @@ FROM face_embeddings WHERE state = 'review';
 -- Search by photo
 
 -- name: dashboard_engine
--- The face engine that made the stored embeddings (none before the first face is stored).
-SELECT engine, dimension FROM face_engine;
+-- The face engine that made the stored embeddings (none before the first face is stored: the
+-- record binds only then).
+SELECT engine, dimension FROM face_engine WHERE EXISTS (SELECT 1 FROM face_embeddings);
 
 -- name: dashboard_search_ef
 -- HNSW candidates per search for the rest of this transaction (must be at least the k below).
@@ -366,5 +412,28 @@ ORDER BY 2 DESC
 LIMIT %(persons)s;
 
 -- name: dashboard_labels
--- The labels of the persons %(person_ids)s (merged or not), for describing actions.
-SELECT id, label FROM telegram_topics WHERE id = ANY(%(person_ids)s::integer[]);
+-- The labels of the persons %(person_ids)s (merged or not), and their topics' titles on
+-- Telegram now, for describing actions.
+SELECT id, label, topic_title FROM telegram_topics WHERE id = ANY(%(person_ids)s::integer[]);
+
+
+-- name: dashboard_chosen_cover
+-- The face the operator chose as person %(person_id)s's cover (no row: the automatic one).
+SELECT cover_face_id FROM telegram_topics
+WHERE id = %(person_id)s AND cover_is_manual AND cover_face_id IS NOT NULL;
+
+-- ---------------------------------------------------------------------------------------------
+-- Audit log (dashboard_pages/audit.py)
+
+-- name: dashboard_audit_record
+-- One change made on the dashboard, in the transaction of the change itself.
+INSERT INTO dashboard_audit (action, summary, details)
+VALUES (%(action)s, %(summary)s, %(details)s)
+RETURNING id;
+
+-- name: dashboard_audit_recent
+-- The newest %(limit)s changes made on the dashboard.
+SELECT id, at, actor, action, summary, details FROM dashboard_audit ORDER BY id DESC LIMIT %(limit)s;
+
+-- name: dashboard_audit_total
+SELECT count(*) FROM dashboard_audit;

@@ -64,7 +64,8 @@ FROM media_items WHERE id = %(media_item_id)s;
 -- when the hub account is the job's account (another account's N is another message).
 SELECT j.id AS job_id, j.source_chat_id, j.source_message_id, j.account_id, j.origin, j.status,
        j.staged_path, j.message_date,
-       c.chat_title, c.chat_username, c.chat_type, coalesce(c.noforwards, FALSE) AS noforwards,
+       coalesce(c.chat_title, ic.chat_title) AS chat_title,   -- an imported chat: the export's name
+       c.chat_username, c.chat_type, coalesce(c.noforwards, FALSE) AS noforwards,
        j.id_scope,
        CASE WHEN j.id_scope <> 0 THEN j.id_scope = %(hub_account_id)s
             ELSE EXISTS (SELECT 1 FROM scan_checkpoints h
@@ -77,6 +78,7 @@ LEFT JOIN LATERAL (
     WHERE s.chat_id = j.source_chat_id
     ORDER BY (s.account_id = j.account_id) DESC, s.id LIMIT 1
 ) c ON TRUE
+LEFT JOIN imported_chats ic ON ic.chat_id = j.source_chat_id
 WHERE m.id = %(media_item_id)s
 ORDER BY (j.source_chat_id = m.source_chat_id AND j.source_message_id = m.source_message_id) DESC,
          j.id;

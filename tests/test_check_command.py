@@ -27,7 +27,8 @@ def test_check_with_no_database_settings_starts_the_embedded_server(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "embedded PostgreSQL" in done.stdout
     assert f"schema version: {database.latest_version()} " in done.stdout
-    assert "dlib (128-d embeddings)" in done.stdout
+    assert "face engine:    dlib: weights present" in done.stdout
+    assert "stored faces:   none yet" in done.stdout
     assert (tmp_path / "data" / "postgres" / "PG_VERSION").exists()
 
 
@@ -47,9 +48,14 @@ def test_check_upgrades_a_seed_database_without_losing_rows(tmp_path, admin_conn
     run_script(seed_db, "INSERT INTO telegram_topics (topic_id, label) VALUES (12, 'Grandma');"
                         "INSERT INTO processing_metrics (metric_name, metric_value) VALUES ('jobs_done', 40);")
     params = psycopg.conninfo.conninfo_to_dict(seed_db)
+    pack = tmp_path / "models" / "models" / "buffalo_l"     # check looks for the files, never loads them
+    pack.mkdir(parents=True)
+    for name in ("det_10g.onnx", "w600k_r50.onnx"):
+        (pack / name).write_bytes(b"stand-in")
     done = run_check(tmp_path, {
         "POSTGRES_HOST": params["host"], "POSTGRES_DB": params["dbname"], "POSTGRES_USER": "postgres",
         "POSTGRES_PASSWORD": "unused-with-trust-auth", "FACE_ENGINE": "insightface",
+        "MODELS_DIR": str(tmp_path / "models"),
     })
     assert done.returncode == 0, done.stderr
     assert "unused-with-trust-auth" not in done.stdout + done.stderr

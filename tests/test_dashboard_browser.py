@@ -92,6 +92,7 @@ def browser(tmp_path):
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
+    options.set_capability("goog:loggingPrefs", {"performance": "ALL"})   # every request the page makes
     for flag in CHROME_FLAGS + [f"--user-data-dir={tmp_path / 'chromium-profile'}"]:
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
@@ -145,6 +146,21 @@ def no_errors(driver, where: str) -> None:
     """The page shows no exception and no error message."""
     shown = driver.find_elements("css selector", '[data-testid="stException"], [data-testid="stAlertContentError"]')
     assert not shown, f"{where}: " + " | ".join(e.text for e in shown)
+
+
+def requested_hosts(driver) -> set[str]:
+    """The hosts of every request the pages made since the last call (Chrome's network log)."""
+    import json
+    from urllib.parse import urlsplit
+
+    hosts = set()
+    for entry in driver.get_log("performance"):
+        message = json.loads(entry["message"])["message"]
+        if message["method"] == "Network.requestWillBeSent":
+            url = urlsplit(message["params"]["request"]["url"])
+            if url.scheme in ("http", "https", "ws", "wss"):   # not data:, blob:, chrome://
+                hosts.add(url.hostname)
+    return hosts
 
 
 def screenshot(driver, name: str, *, top: bool = True) -> None:
@@ -206,6 +222,11 @@ def test_sign_in_browse_and_rename_a_person(dashboard_url, browser, filled_db): 
     settle(browser)
     wait_for(browser, f"//h1[{text('Joe Biden')}]")
     screenshot(browser, "10_person_renamed")
+
+    # Every page, a search and a change, and no request left the machine: not for the favicon,
+    # fonts or icons (a third party would learn when the operator opens a biometric archive).
+    hosts = requested_hosts(browser)
+    assert hosts == {"127.0.0.1"}, f"requests to other hosts: {sorted(hosts - {'127.0.0.1'})}"
 
     with psycopg.connect(filled_db) as conn:
         assert conn.execute("SELECT label, label_is_manual FROM telegram_topics WHERE id = %s",
@@ -272,14 +293,15 @@ def test_move_a_face_out_and_merge_in_the_browser(dashboard_url, browser, filled
     settle(browser)
     no_errors(browser, "after moving a face")
 
-    # Merge the other person into this one.
+    # Merge it with the other person: the bigger one (two faces to this one's one left) is the
+    # one kept by default.
     click(browser, f"//*[@role='tab'][{text('Merge')}]")
     settle(browser)                                    # choosing a tab reruns the page
     select_option(browser, "Same person as", first_label)
     wait_for(browser, f"//*[{text('has no topic: nothing to close.')}]")
     screenshot(browser, "merge_preview", top=False)
-    click(browser, f"//button[{text(f'Merge «{first_label}» into «{second_label}»')}]")
-    wait_for(browser, f"//*[{text(f'Merged «{first_label}» into «{second_label}».')}]")
+    click(browser, f"//button[{text(f'Merge «{second_label}» into «{first_label}»')}]")
+    wait_for(browser, f"//*[{text(f'Merged «{second_label}» into «{first_label}».')}]")
     settle(browser)
     no_errors(browser, "after the merge")
     screenshot(browser, "merged")
@@ -287,10 +309,73 @@ def test_move_a_face_out_and_merge_in_the_browser(dashboard_url, browser, filled
     with psycopg.connect(filled_db) as conn:
         new = conn.execute("SELECT topic_id FROM face_embeddings WHERE id = %s", (face,)).fetchone()[0]
         assert new not in (None, first, second)
-        assert conn.execute("SELECT merged_into FROM telegram_topics WHERE id = %s", (first,)).fetchone() == (second,)
+        assert conn.execute("SELECT merged_into FROM telegram_topics WHERE id = %s", (second,)).fetchone() == (first,)
         assert conn.execute("SELECT action, payload FROM dashboard_actions WHERE status = 'pending' ORDER BY id"
                             ).fetchall() == [
             ("delete_posts", {"person_id": second, "uploaded_media_ids": [posted]}),
-            ("merge_persons", {"survivor_id": second, "absorbed_id": first,
-                               "title": f"→ merged into {second_label}",
-                               "note": f"Merged into {second_label}: its posts continue there."})]
+            ("merge_persons", {"survivor_id": first, "absorbed_id": second,
+                               "title": f"→ merged into {first_label}",
+                               "note": f"Merged into {first_label}: its posts continue there."})]
+
+
+HOSTILE = "x [news](https://example.com) **bold** <b>tag</b>"
+
+
+def test_a_strangers_chat_title_and_names_stay_text_in_the_browser(dashboard_url, browser, filled_db):  # noqa: F811
+    """Chat titles, labels and file names with Markdown and HTML in them, on the pages and in
+    the messages after a change: no link to the stranger's address, no bold, no HTML element."""
+    with psycopg.connect(filled_db, autocommit=True) as conn:
+        conn.execute("UPDATE telegram_topics SET label = %s || ' ' || id", (HOSTILE,))
+        conn.execute("UPDATE scan_checkpoints SET chat_title = %s || ' ' || id", (HOSTILE,))
+        conn.execute("UPDATE processing_errors SET error_message = error_message || %s", (f" {HOSTILE}.jpg",))
+        person, other = [r[0] for r in conn.execute(
+            "SELECT id FROM telegram_topics WHERE merged_into IS NULL ORDER BY id LIMIT 2")]
+
+    def literal_only(where: str, shown: bool = True) -> None:
+        no_errors(browser, where)
+        links = browser.find_elements("css selector", "a[href*='example.com']")
+        assert not links, f"{where}: a live link in " + " | ".join(
+            browser.execute_script("return arguments[0].parentElement.parentElement.outerHTML", a)[:600]
+            for a in links)
+        page = browser.find_element("tag name", "body").text.replace("\u2060", "")   # the word joiner
+        assert not shown or "**bold**" in page, f"{where}: the name is not shown"
+        assert not [e for e in browser.find_elements("tag name", "b") if e.text == "tag"], f"{where}: HTML rendered"
+
+    browser.get(f"{dashboard_url}/person?person={person}")
+    wait_for(browser, "//input[@type='password']").send_keys(PASSWORD + "\n")
+    wait_for(browser, f"//h1[{text('[news](https:')}]")
+    settle(browser)
+    literal_only("a person's page")
+    screenshot(browser, "hostile_person")
+
+    # The merge: the choice in the select box, the preview, the button, and the message after it.
+    click(browser, f"//*[@role='tab'][{text('Merge')}]")
+    settle(browser)
+    click(browser, "//*[@data-testid='stSelectbox'][.//label[contains(., 'Same person as')]]"
+                   "//*[@role='combobox' or @data-baseweb='select']")
+    options = browser.find_elements("xpath", "//*[@role='option']")
+    assert options and not browser.find_elements("css selector", "[role='option'] a, [role='option'] b")
+    click(browser, f"//*[@role='option'][{text(f'{other}')}]")
+    settle(browser)
+    wait_for(browser, f"//*[{text('On Telegram')}]")
+    literal_only("the merge preview")
+    click(browser, "//button[starts-with(normalize-space(.), 'Merge «')]")
+    wait_for(browser, "//*[@data-testid='stAlertContentSuccess']")
+    settle(browser)
+    literal_only("after the merge")
+    screenshot(browser, "hostile_merged")
+
+    for path in ("gallery", "review", "chats", "errors"):
+        click(browser, f"//a[@data-testid='stSidebarNavLink'][substring(@href, string-length(@href) - "
+                       f"{len(path)})='/{path}']")
+        settle(browser)
+        if path == "errors":   # the error's context, its expander label holding the file name
+            click(browser, "//*[@data-testid='stExpander']//summary")
+            settle(browser)
+        if path == "gallery":  # the tiles, each linking to its person by name
+            wait_for(browser, f"//*[@data-testid='stPageLink']//*[{text('**bold**')}]")
+        if path == "review":   # the face to decide, its buttons named after the candidates
+            wait_for(browser, "//button[contains(., 'It’s') or contains(., \"It's\")]")
+        literal_only(path, shown=path != "chats")   # chats: names are in the table (a canvas)
+    hosts = requested_hosts(browser)
+    assert hosts == {"127.0.0.1"}, f"requests to other hosts: {sorted(hosts - {'127.0.0.1'})}"

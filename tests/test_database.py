@@ -245,11 +245,19 @@ def test_a_media_item_is_posted_once_per_person(db_conninfo):
 # --- face engine -------------------------------------------------------------------------------
 
 
-def test_the_first_engine_sets_the_embedding_dimension_and_another_is_refused(db_conninfo):
+def test_the_engine_binds_with_the_first_stored_face_and_another_is_refused_after(db_conninfo):
     assert database.ensure_engine(db_conninfo, "dlib", 128) == database.EngineRecord("dlib", 128)
     with psycopg.connect(db_conninfo) as conn:
         assert database.embedding_column_dimension(conn) == 128
     assert database.ensure_engine(db_conninfo, "dlib", 128).engine == "dlib"
+    # No face stored yet (a first start that stopped before its first face): any engine is taken.
+    assert database.ensure_engine(db_conninfo, "insightface", 512) == database.EngineRecord("insightface", 512)
+    assert database.ensure_engine(db_conninfo, "dlib", 128) == database.EngineRecord("dlib", 128)
+    from pgvector.psycopg import register_vector
+    with psycopg.connect(db_conninfo) as conn:
+        assert database.embedding_column_dimension(conn) == 128
+        register_vector(conn)
+        face_row(conn)
     with pytest.raises(database.EngineMismatch, match=r"main.py reindex --engine insightface"):
         database.ensure_engine(db_conninfo, "insightface", 512)
 

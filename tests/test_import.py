@@ -16,6 +16,7 @@ import psycopg.sql
 import pytest
 from telethon import types, utils
 
+import database
 import exports
 from conftest import FACES_DIR, ROOT
 from media_fixtures import letterbox, write_video
@@ -197,3 +198,18 @@ def test_a_full_account_export_reads_every_chat(tmp_path, faces_dir):
     assert contents.not_included == 1                    # a path outside the export is not followed
     assert contents.other_media == Counter({"voice_message": 1})
     assert contents.media[0].date.timestamp() == 1614592805
+
+
+def test_imported_chats_are_known_by_the_exports_name(imported):
+    """The export's name for the chat is stored: the dashboard lists it, and the captions of its
+    posts name it (they said "chat -100…")."""
+    _, _, db, done = imported
+    assert done.returncode == 0, done.stderr[-3000:]
+    messages = len(PHOTOS) + 3                          # + one not included, a sticker, the video
+    with psycopg.connect(db) as conn:
+        assert conn.execute("SELECT chat_id, chat_title, export_type, messages, media FROM imported_chats"
+                            ).fetchall() == [(MARKED, "Family", "private_supergroup", messages, len(PHOTOS) + 1)]
+        item = conn.execute("SELECT min(media_item_id) FROM uploaded_media").fetchone()[0]
+        cur = conn.execute(database.queries.upload_sources, {"media_item_id": item, "hub_account_id": None})
+        sources = [dict(zip([c.name for c in cur.description], row)) for row in cur.fetchall()]
+    assert sources and {s["chat_title"] for s in sources} == {"Family"}

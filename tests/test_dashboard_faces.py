@@ -1,0 +1,123 @@
+"""Fixing faces in fewer actions: select all / none / invert, "keep only the selected", a name
+for a person made of moved faces (and a merge offered for a name that exists), "set as cover"
+on each face, and in review: any person for a face, and all suggestions shown rejected at once."""
+
+from __future__ import annotations
+
+from test_dashboard import actions, biden, db, faces_of, persons, signed_in  # noqa: F401
+from test_dashboard_support import filled_db, filled_template  # noqa: F401
+
+
+def ticked(at, person: int) -> list[int]:
+    return sorted(int(c.key.rsplit("_", 1)[1]) for c in at.checkbox
+                  if c.key.startswith(f"face_{person}_") and c.value)
+
+
+def test_select_all_none_invert_and_keep_only_the_selected(db):  # noqa: F811
+    person = biden(db)
+    faces = faces_of(db, person)
+    at = signed_in("person", person=str(person))
+    at.button(key=f"select_all_{person}").click().run()
+    assert ticked(at, person) == sorted(faces)
+    assert f"{len(faces)} of {len(faces)} selected" in [c.value for c in at.caption]
+    at.button(key=f"select_none_{person}").click().run()
+    assert ticked(at, person) == []
+    at.checkbox(key=f"face_{person}_{faces[-1]}").check().run()
+    at.button(key=f"select_invert_{person}").click().run()
+    keep = sorted(faces[:-1])
+    assert ticked(at, person) == keep
+
+    # Invert again: the one face that is not Biden is selected; "keep only" is the other way
+    # round: the selected stay, the others leave. One click either way.
+    at.radio(key=f"move_dest_{person}").set_value("keep").run()
+    assert at.button(key=f"move_go_{person}").label == "Move 1 face out"
+    at.button(key=f"move_go_{person}").click().run()
+    assert sorted(faces_of(db, person)) == keep
+    assert db.execute("SELECT state, topic_id FROM face_embeddings WHERE id = %s", (faces[-1],)).fetchone() == (
+        "pending", None)
+
+
+def test_a_person_made_of_moved_faces_is_named_at_once(db):  # noqa: F811
+    person = biden(db)
+    face = faces_of(db, person)[-1]
+    at = signed_in("person", person=str(person))
+    at.checkbox(key=f"face_{person}_{face}").check().run()
+    at.radio(key=f"move_dest_{person}").set_value("new").run()
+    at.text_input(key=f"move_name_{person}").input("Jill  Biden").run()
+    at.button(key=f"move_go_{person}").click().run()
+    new = db.execute("SELECT topic_id FROM face_embeddings WHERE id = %s", (face,)).fetchone()[0]
+    assert at.success[0].value == f"Moved the faces to a new person (#{new}), «Jill Biden»."
+    assert db.execute("SELECT label, label_is_manual FROM telegram_topics WHERE id = %s", (new,)).fetchone() == (
+        "Jill Biden", True)
+
+
+def test_a_name_that_exists_offers_that_person(db):  # noqa: F811
+    person = biden(db)
+    other = persons(db)["Person 1"]
+    face = faces_of(db, person)[-1]
+    at = signed_in("person", person=str(person))
+    at.checkbox(key=f"face_{person}_{face}").check().run()
+    at.radio(key=f"move_dest_{person}").set_value("new").run()
+    at.text_input(key=f"move_name_{person}").input("person 1").run()
+    assert "«Person 1» exists already" in at.warning[0].value
+    at.button(key=f"move_to_same_{person}").click().run()
+    assert db.execute("SELECT topic_id FROM face_embeddings WHERE id = %s", (face,)).fetchone() == (other,)
+
+
+def test_set_as_cover_on_the_face_itself(db):  # noqa: F811
+    person = biden(db)
+    face = faces_of(db, person)[-1]
+    at = signed_in("person", person=str(person))
+    at.button(key=f"cover_face_{face}").click().run()
+    assert at.success[0].value == "Cover changed."
+    assert db.execute("SELECT cover_face_id, cover_is_manual FROM telegram_topics WHERE id = %s",
+                      (person,)).fetchone() == (face, True)
+
+
+def test_review_assigns_to_anyone_and_rejects_every_suggestion_shown(db):  # noqa: F811
+    person = biden(db)                                   # not one of the face's candidates
+    [(face,)] = db.execute("SELECT id FROM face_embeddings WHERE state = 'review'").fetchall()
+    [(suggestion,)] = db.execute("SELECT id FROM merge_suggestions WHERE status = 'open'").fetchall()
+    at = signed_in("review")
+    assert "1 of 1, most alike first." in [c.value for c in at.caption]
+    at.button(key="suggestions_reject_all").click().run()
+    assert db.execute("SELECT status FROM merge_suggestions WHERE id = %s", (suggestion,)).fetchone() == ("rejected",)
+    at.selectbox(key=f"review_other_{face}").select(person).run()
+    at.button(key=f"review_other_go_{face}").click().run()
+    assert db.execute("SELECT state, topic_id FROM face_embeddings WHERE id = %s", (face,)).fetchone() == (
+        "assigned", person)
+
+
+def test_a_merge_keeps_the_chosen_cover_and_the_bigger_person(db):  # noqa: F811
+    first, second = persons(db)["Person 1"], persons(db)["Person 2"]
+    chosen = faces_of(db, second)[-1]
+    db.execute("UPDATE telegram_topics SET cover_face_id = %s, cover_is_manual = TRUE WHERE id = %s",
+               (chosen, second))
+    db.execute("UPDATE telegram_topics SET label = 'Barack Obama', label_is_manual = TRUE WHERE id = %s", (first,))
+    at = signed_in("person", person=str(second))
+    at.selectbox(key=f"merge_other_{second}").select(first).run()
+    assert at.radio(key=f"merge_keep_{second}").value == first      # the named one, by default
+    at.button(key=f"merge_go_{second}").click().run()
+    assert at.success[0].value == "Merged «Person 2» into «Barack Obama»."
+    # The cover the operator chose for the absorbed person is the survivor's now (it had none).
+    assert db.execute("SELECT cover_face_id, cover_is_manual FROM telegram_topics WHERE id = %s",
+                      (first,)).fetchone() == (chosen, True)
+
+
+def test_a_persons_faces_page_through_everything_with_counts(db):  # noqa: F811
+    person = biden(db)
+    [face] = faces_of(db, person)[:1]
+    db.execute("""INSERT INTO face_embeddings (topic_id, embedding, source_chat_id, source_message_id,
+                                               quality_score, state, crop_jpeg, media_item_id)
+                  SELECT topic_id, embedding, source_chat_id, source_message_id, quality_score * 0.5,
+                         state, crop_jpeg, media_item_id
+                  FROM face_embeddings, generate_series(1, 100) WHERE id = %s""", (face,))
+    total = len(faces_of(db, person))
+    at = signed_in("person", person=str(person))
+    assert f"1–96 of {total} faces, best first" in [c.value for c in at.caption]
+    assert len([c for c in at.checkbox if c.key.startswith(f"face_{person}_")]) == 96
+    at.number_input(key=f"faces_page_{person}").set_value(2).run()
+    assert f"97–{total} of {total} faces, best first" in [c.value for c in at.caption]
+    assert len([c for c in at.checkbox if c.key.startswith(f"face_{person}_")]) == total - 96
+    at = signed_in("review")
+    assert "1–1 of 1 faces, oldest first" in [c.value for c in at.caption]
