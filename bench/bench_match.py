@@ -3,8 +3,8 @@
     .venv/bin/python bench/bench_match.py                       # 100k and 200k faces, 512-d
     .venv/bin/python bench/bench_match.py --sizes 20000 --queries 100   # a quick look
 
-It starts its own PostgreSQL (pgserver, in a temporary directory, like tests/conftest.py),
-migrates it to the app's schema, and for each size:
+It starts its own PostgreSQL (`database.embedded_server`, in a temporary directory, like
+tests/conftest.py), migrates it to the app's schema, and for each size:
   1. loads synthetic faces (see `synthetic_faces`) into face_embeddings with COPY;
   2. builds the HNSW index from scratch with the given m / ef_construction, timed;
   3. runs the matcher's own query (`persons_knn` in sql/persons.sql, with the matcher's k and
@@ -274,8 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # so that `finally` stops the server
     base = Path(tempfile.mkdtemp(prefix="fa-bench-"))
     os.chmod(base, 0o755)
-    import pgserver
-    server = pgserver.get_server(base / "pgdata", cleanup_mode="delete")
+    server = database.embedded_server(base / "pgdata", cleanup_mode="delete")
     try:
         admin = server.get_uri("postgres")
         with psycopg.connect(admin, autocommit=True) as conn:
@@ -287,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
             with psycopg.connect(admin, autocommit=True, cursor_factory=psycopg.ClientCursor) as conn:
                 conn.execute(queries.bench_set_shared_buffers, {"value": args.shared_buffers})
             # restart reuses the options of the last start (postmaster.opts): same socket
-            pgserver.pg_ctl(["-w", "restart"], pgdata=server.pgdata, user=server.system_user)
+            database.embedded_pg_ctl(server, "-w", "restart")
         with psycopg.connect(admin) as conn:
             buffers = conn.execute(queries.bench_show_shared_buffers).fetchone()[0]
         database.migrate(conninfo)
