@@ -280,6 +280,34 @@ def test_named_queries_are_parameterised():
         assert not re.search(r"\{[a-z_]*\}", statement), name
 
 
+async def test_a_filtered_nearest_faces_query_on_a_pool_connection_still_returns_k_rows(pool):
+    """pgvector 0.8's iterative index scan (database.SESSION_SETTINGS): with a WHERE inside the
+    kNN query, the HNSW scan goes on past its ef_search candidates until k rows pass."""
+    rng = np.random.default_rng(3)
+    faces = rng.normal(size=(400, 128)).astype(np.float32)
+    async with pool.connection() as conn:
+        persons = [r[0] for r in await (await conn.execute(
+            "INSERT INTO telegram_topics (label) SELECT 'p' || g FROM generate_series(1, 2) g "
+            "RETURNING id")).fetchall()]
+        async with conn.cursor() as cur:
+            await cur.executemany(
+                "INSERT INTO face_embeddings (topic_id, state, embedding, source_chat_id, "
+                "source_message_id) VALUES (%s, %s, %s, -1, %s)",
+                [(persons[0] if i % 20 == 0 else None, "assigned" if i % 20 == 0 else "pending",
+                  face, i) for i, face in enumerate(faces)])   # 20 of the 400 faces have a person
+        await conn.execute("ANALYZE face_embeddings")
+        await conn.execute("SET enable_seqscan = off")         # the HNSW index answers
+        await conn.execute("SET hnsw.ef_search = 10")
+        rows = await (await conn.execute(
+            "SELECT id FROM face_embeddings WHERE state = 'assigned' "
+            "ORDER BY embedding <=> %s LIMIT 8", (faces[7],))).fetchall()
+        plan = await (await conn.execute(
+            "EXPLAIN SELECT id FROM face_embeddings WHERE state = 'assigned' "
+            "ORDER BY embedding <=> %s LIMIT 8", (faces[7],))).fetchall()
+    assert "idx_embeddings_vector" in " ".join(r[0] for r in plan)
+    assert len(rows) == 8       # without the iterative scan: the few of 10 candidates that pass
+
+
 async def test_the_pool_survives_a_database_restart(pool, pg_server):
     async with pool.connection() as conn:
         assert await (await conn.execute("SELECT 1")).fetchone() == (1,)
