@@ -248,24 +248,54 @@ def photo_faces(embeddings: np.ndarray):
                          embedding=e, quality=0.9, crop_jpeg=b"") for i, e in enumerate(embeddings)]
 
 
-async def matching_step(conninfo: str, params: MatchParams, photos: list[np.ndarray]) -> list[float]:
-    """Milliseconds of IdentityMatcher.assign for each photo, each in a transaction rolled back."""
+class _TimedCursor(psycopg.AsyncCursor):
+    """Adds each statement's time to `spent`, by its name in sql/*.sql."""
+
+    spent: dict[str, list[float]] = {}
+    names: dict[str, str] = {}
+
+    async def execute(self, query, params=None, **kwargs):
+        start = time.perf_counter()
+        try:
+            return await super().execute(query, params, **kwargs)
+        finally:
+            name = self.names.get(query, "other") if isinstance(query, str) else "other"
+            self.spent.setdefault(name, []).append((time.perf_counter() - start) * 1000)
+
+
+async def matching_step(conninfo: str, params: MatchParams, photos: list[np.ndarray]
+                        ) -> tuple[list[float], list[tuple[str, float, float]]]:
+    """Milliseconds of IdentityMatcher.assign for each photo, each in a transaction rolled back,
+    and where they went: (statement, ms per photo, calls per photo), the costliest first."""
     matcher = IdentityMatcher(params)
     pool = database.async_pool(conninfo, min_size=1, max_size=1)
     await pool.open(wait=True)
     times = []
+    _TimedCursor.names = {getattr(queries, n): n for n in queries.names()}
     try:
         async with pool.connection() as conn:
+            conn.cursor_factory = _TimedCursor
             for n, faces in enumerate(photos):
+                if n == 3:  # the first few warm the caches and the connection
+                    _TimedCursor.spent = {}
                 start = time.perf_counter()
                 async with conn.transaction(force_rollback=True):
                     media = await (await conn.execute(queries.scale_new_media_item,
                                                       {"key": f"probe-{n}"})).fetchone()
                     await matcher.assign(conn, media[0], photo_faces(faces))
                 times.append((time.perf_counter() - start) * 1000)
+            conn.cursor_factory = psycopg.AsyncCursor
     finally:
         await pool.close()
-    return times[3:]  # the first few warm the caches and the connection
+    counted = len(times) - 3
+    where = sorted(((name, sum(v) / counted, len(v) / counted) for name, v in _TimedCursor.spent.items()),
+                   key=lambda x: -x[1])
+    return times[3:], where
+
+
+def print_where(where) -> None:
+    print("  where it goes: " + "; ".join(f"{name} {ms:.1f} ms ({calls:.1f} calls)"
+                                          for name, ms, calls in where[:5]), flush=True)
 
 
 # --- the dashboard ------------------------------------------------------------------------------
@@ -371,10 +401,11 @@ def main(argv: list[str] | None = None) -> int:
         in_all = int(person[:min(args.sizes)].max())
         photos = [np.vstack([model.faces(int(p), 1, prng) for p in prng.integers(0, in_all, 2)])
                   for _ in range(args.photos + 3)]
-        base_times = asyncio.run(matching_step(empty, params, photos))
+        base_times, where = asyncio.run(matching_step(empty, params, photos))
         base_ms = statistics.mean(base_times)
         print(f"\nmatching a photo (2 faces), empty archive: mean {base_ms:.1f} ms, "
               f"p95 {percentile(base_times, 95):.1f} ms", flush=True)
+        print_where(where)
 
         with psycopg.connect(conninfo) as conn:
             from pgvector.psycopg import register_vector
@@ -431,12 +462,13 @@ def main(argv: list[str] | None = None) -> int:
                           flush=True)
                 if "vector" not in args.types:
                     continue  # the matcher's query needs the vector index
-                times = asyncio.run(matching_step(conninfo, params, photos))
+                times, where = asyncio.run(matching_step(conninfo, params, photos))
                 first_ms = first_ms or statistics.mean(times)
                 print(f"matching a photo (2 faces): mean {statistics.mean(times):.1f} ms, p95 "
                       f"{percentile(times, 95):.1f} ms, {statistics.mean(times) / base_ms:.2f}x "
                       f"the empty archive's, {statistics.mean(times) / first_ms:.2f}x the smallest "
                       f"size's", flush=True)
+                print_where(where)
                 if not args.no_dashboard:
                     for name, ms, n in dashboard_queries(conn, faces[0], args.dim):
                         print(f"  dashboard {name:32s} {ms:8.1f} ms  ({n} rows)", flush=True)
