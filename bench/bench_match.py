@@ -69,9 +69,11 @@ featureless can only be told with real embeddings at this scale. m=32 reaches
 0.928 only at 35 ms (23 ms even allowing for the slower machine), and what it adds is in that
 discarded region (the floor recall is 0.998 already), while changing m means rebuilding a
 500 MB index on upgrade: m stays 16. ef_construction 400 adds 0.01 of recall@10 for
-twice the build time: it stays 200. pgvector 0.6.2 has no iterative scan, and the matcher
-needs none: it filters after the top-k (see `persons_knn`). Production runs pgvector 0.8.1
-(docker-compose.yml), whose builds and scans are faster: these latencies are an upper bound.
+twice the build time: it stays 200. The matcher filters after the top-k (see `persons_knn`)
+and so needs no iterative scan; database.SESSION_SETTINGS turns it on for queries that filter
+inside. These figures were measured on the old embedded server (pgserver 0.1.4, pgvector
+0.6.2); the embedded server is now pgvector 0.8.5 like production, and bench/bench_scale.py
+measures it up to a million faces (docs/SCALING.md).
 """
 
 from __future__ import annotations
