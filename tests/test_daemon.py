@@ -22,7 +22,7 @@ import psycopg
 import pytest
 
 import database
-from conftest import ROOT, create_database
+from conftest import ROOT, create_database, pg_ctl, pg_ctl_start
 from fake_telegram import FakeWorld
 from test_daemon_workers import Daemon, process_gone, wait_until
 
@@ -171,12 +171,9 @@ def test_the_database_restarting_under_the_daemon_is_survived(tmp_path, faces_di
     """A dedicated server, stopped for longer than a lease and started again mid-run."""
     import os
 
-    import pgserver
-    from pgserver import _commands
-
     os.chmod(tmp_path, 0o755)
     pgdata = tmp_path / "pg"
-    server = pgserver.get_server(pgdata, cleanup_mode="delete")
+    server = database.embedded_server(pgdata, cleanup_mode="delete")
     try:
         admin = server.get_uri("postgres")
         with psycopg.connect(admin, autocommit=True) as conn:
@@ -188,11 +185,10 @@ def test_the_database_restarting_under_the_daemon_is_survived(tmp_path, faces_di
         d = Daemon(tmp_path, db, "run", env=w.env | {"NUM_WORKERS": "1"})
         daemons.append(d.start())
         d.wait_log(r"job \d+ .*: done", timeout=60)
-        _commands.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=server.system_user)
+        pg_ctl(server, "-w", "-m", "fast", "stop")
         time.sleep(4)                                     # longer than a lease
         assert d.proc.poll() is None, d.text()[-3000:]
-        _commands.pg_ctl(["-w", "-o", '-h ""', "-o", f"-k {pgdata}", "-l", str(pgdata / "log"), "start"],
-                         pgdata=pgdata, user=server.system_user, timeout=30)
+        pg_ctl_start(server)
         w.post(w.chat, OBAMA[3])                          # and life goes on
         wait_until(w.settled, daemons=[d], timeout=120)
         assert d.stop()[0] == 0
@@ -202,7 +198,7 @@ def test_the_database_restarting_under_the_daemon_is_survived(tmp_path, faces_di
         for d in daemons:
             d.kill()
         try:
-            _commands.pg_ctl(["-w", "-m", "immediate", "stop"], pgdata=pgdata, user=server.system_user)
+            pg_ctl(server, "-w", "-m", "immediate", "stop")
         except subprocess.CalledProcessError:
             pass
         server.cleanup()

@@ -21,7 +21,7 @@ import pytest
 
 import database
 import exports
-from conftest import ROOT, create_database
+from conftest import ROOT, create_database, pg_ctl, pg_ctl_start
 from test_import import PHOTOS, build_export
 
 LAUNCHER = ROOT / "tests" / "daemon_launcher.py"
@@ -237,11 +237,8 @@ def test_health_follows_the_heartbeat(tmp_path, staged, daemons):
 
 def test_the_database_restarting_under_the_daemon_is_survived(tmp_path, faces_dir, daemons):
     """A dedicated server, stopped and started again while the worker runs."""
-    import pgserver
-    from pgserver import _commands
-
     pgdata = tmp_path / "pg"
-    server = pgserver.get_server(pgdata, cleanup_mode="delete")
+    server = database.embedded_server(pgdata, cleanup_mode="delete")
     try:
         admin = server.get_uri("postgres")
         with psycopg.connect(admin, autocommit=True) as conn:
@@ -253,12 +250,10 @@ def test_the_database_restarting_under_the_daemon_is_survived(tmp_path, faces_di
         d = Daemon(tmp_path, db, "run", "--role", "worker", env={"NUM_WORKERS": "1"})
         daemons.append(d.start())
         d.wait_log(r"job \d+ .*: done")
-        user = server.system_user
-        _commands.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=user)
+        pg_ctl(server, "-w", "-m", "fast", "stop")
         time.sleep(4)                                           # longer than a lease
         assert d.proc.poll() is None, d.text()[-3000:]
-        _commands.pg_ctl(["-w", "-o", '-h ""', "-o", f"-k {pgdata}", "-l", str(pgdata / "log"), "start"],
-                         pgdata=pgdata, user=user, timeout=30)
+        pg_ctl_start(server)
         wait_until(lambda: jobs(db) == {"done": len(SMALL)}, daemons=[d], timeout=120)
         assert d.stop()[0] == 0
         assert re.search(r"database is unavailable|error connecting", d.text())   # it did see the outage
@@ -267,7 +262,7 @@ def test_the_database_restarting_under_the_daemon_is_survived(tmp_path, faces_di
         for d in daemons:
             d.kill()
         try:
-            _commands.pg_ctl(["-w", "-m", "immediate", "stop"], pgdata=pgdata, user=server.system_user)
+            pg_ctl(server, "-w", "-m", "immediate", "stop")
         except subprocess.CalledProcessError:
             pass
         server.cleanup()

