@@ -1,0 +1,211 @@
+"""The matcher's decisions as pure functions over plain data (no database, no I/O).
+
+A face joins a person by its **average linkage** to the person: the mean of its similarities to
+all of the person's faces, which is the face's dot product with the person's mean embedding
+(`PersonView.mean`, not normalised). A person therefore grows only with faces that agree with it
+as a whole: a face close to one or two members at the edge of a person, and far from the rest,
+does not join. Chaining (single linkage, a person growing one nearest neighbour at a time, which
+merged 435 news people into a few dozen persons) cannot happen, and the person's own spread is in
+the rule: a loose person's mean vector is shorter, so a face needs to be closer to its members.
+
+`decide` is the rule for one unit (a photo face, or the faces of one video track); `vetoes`
+applies the operator's "not this person" facts; `seed_group` is the complete-linkage rule that
+founds persons from the pending pool. identity_matcher.py feeds them from the database;
+bench/tune_persons.py feeds the same functions from numpy to tune them offline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    """A stored face near the one being matched."""
+
+    face_id: int
+    person_id: int | None       # None unless state is 'assigned'; follows merged_into
+    state: str
+    media_item_id: int | None
+    track_id: int | None
+    low_quality: bool
+    similarity: float
+
+
+@dataclass(frozen=True)
+class PersonView:
+    """What a decision needs to know about a candidate person."""
+
+    person_id: int
+    size: int                   # its faces
+    mean: np.ndarray            # the mean of its faces' (unit) embeddings, not normalised
+
+
+@dataclass(frozen=True)
+class FaceQuery:
+    """One face of the unit being decided: its embedding, join threshold and neighbours."""
+
+    embedding: np.ndarray
+    threshold: float
+    neighbours: Sequence[Neighbour]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    person_id: int
+    similarity: float           # average linkage: mean similarity to the person's faces
+    votes: float                # the person's faces among the unit's neighbours (support)
+
+
+@dataclass(frozen=True)
+class Decision:
+    state: Literal["assigned", "pending", "review"]
+    person_id: int | None = None
+    similarity: float | None = None
+    candidates: tuple[Candidate, ...] = ()
+
+
+@dataclass(frozen=True)
+class RuleParams:
+    """The numbers `decide` and `seed_group` use (a subset of identity_matcher.MatchParams)."""
+
+    margin: float               # winner's linkage over the runner-up's, else review
+    seed_threshold: float       # every pair of founding faces
+    min_faces: int = 3
+    duplicate_similarity: float = 0.98
+    review_floor: float = 0.0   # a runner-up below its threshold by more than this is no rival
+    min_support: float = 0.5    # share of the unit's neighbours at the threshold that must be the
+    #                             winner's faces (pending faces and other persons' count against)
+    support_delta: float = 0.0  # neighbours count for support from threshold + support_delta
+
+
+def linkage(query: FaceQuery, person: PersonView) -> float:
+    """Average linkage of one face to a person (its mean similarity to the person's faces)."""
+    return float(np.dot(query.embedding, person.mean))
+
+
+def candidate_persons(faces: Sequence[FaceQuery]) -> set[int]:
+    """Persons that own at least one of the unit's neighbours."""
+    return {n.person_id for f in faces for n in f.neighbours if n.person_id is not None}
+
+
+def decide(faces: Sequence[FaceQuery], persons: Mapping[int, PersonView], params: RuleParams, *,
+           excluded: frozenset[int] | set[int] = frozenset(),
+           vetoed: frozenset[int] | set[int] = frozenset()) -> Decision:
+    """Which person the unit (one photo face, or the faces of one video track) joins.
+
+    Candidates are the persons owning its neighbours (`persons` must hold each of them, else it
+    is ignored). A unit's linkage to a person is the mean over its faces of `linkage`, and it is
+    compared with the mean of the faces' thresholds (a low-quality face has a stricter one). The
+    best candidate joins if its linkage reaches the threshold, beats every other candidate's by
+    `margin` and is not vetoed; a winner with a close rival or a veto goes to review; with no
+    candidate at the threshold the unit stays pending. `excluded`: persons the unit may not join
+    (taken by another face of the media item, or the operator moved these faces out of them).
+    """
+    threshold = float(np.mean([f.threshold for f in faces]))
+    scored = []
+    for person_id in candidate_persons(faces):
+        person = persons.get(person_id)
+        if person is None or person_id in excluded or person.size == 0:
+            continue
+        link = float(np.mean([linkage(f, person) for f in faces]))
+        support = sum(1 for f in faces for n in f.neighbours
+                      if n.person_id == person_id
+                      and n.similarity >= f.threshold + params.support_delta)
+        scored.append(Candidate(person_id, round(link, 4), float(support)))
+    scored.sort(key=lambda c: (c.similarity, c.votes), reverse=True)
+    if not scored or scored[0].similarity < threshold:
+        best = scored[0].similarity if scored else _best_similarity(faces)
+        return Decision("pending", similarity=best)
+    winner = scored[0]
+    near = sum(1 for f in faces for n in f.neighbours
+               if n.similarity >= f.threshold + params.support_delta and n.state in ("assigned", "pending", "review"))
+    if near and winner.votes < params.min_support * near:
+        return Decision("pending", similarity=winner.similarity)
+    rivals = [c for c in scored[1:] if c.similarity >= threshold - params.review_floor]
+    candidates = tuple([winner, *rivals])
+    if (rivals and winner.similarity - rivals[0].similarity < params.margin) \
+            or winner.person_id in vetoed:
+        return Decision("review", similarity=winner.similarity, candidates=candidates)
+    return Decision("assigned", winner.person_id, winner.similarity, candidates)
+
+
+def _best_similarity(faces: Sequence[FaceQuery]) -> float | None:
+    sims = [n.similarity for f in faces for n in f.neighbours if n.person_id is not None]
+    return max(sims, default=None)
+
+
+def vetoes(neighbour_lists: Sequence[Sequence[Neighbour]],
+           rejections: Mapping[int, set[int]]) -> set[int]:
+    """Persons P such that some neighbour the operator moved out of P is at least as similar to
+    this face as P's most similar face: the face looks more like a known "not P" than like P."""
+    found: set[int] = set()
+    for neighbours in neighbour_lists:
+        for n in neighbours:
+            for person in rejections.get(n.face_id, ()):
+                closest = max((m.similarity for m in neighbours if m.person_id == person),
+                              default=None)
+                if closest is not None and n.similarity >= closest:
+                    found.add(person)
+    return found
+
+
+@dataclass(frozen=True)
+class PendingFace:
+    """A face of the pending pool, as seeding sees it."""
+
+    face_id: int
+    media_item_id: int
+    track_id: int | None
+    embedding: np.ndarray
+    low_quality: bool = False
+
+    def same_track(self, other: PendingFace) -> bool:
+        return (self.media_item_id == other.media_item_id and self.track_id is not None
+                and self.track_id == other.track_id)
+
+
+def seed_group(founders: Sequence[PendingFace], candidates: Sequence[tuple[float, PendingFace]],
+               params: RuleParams) -> list[PendingFace] | None:
+    """Complete linkage: the founders (a new unit's good faces) and, best first, every candidate
+    (similarity, pending face) that is at least `seed_threshold` like every face already in the
+    group (faces of one video track are one person among themselves; two faces of one photo or
+    two tracks of one video never are). The group founds a person if it has `min_faces`
+    sightings (near-duplicates of different media items count once) from at least 2 media
+    items; otherwise None."""
+    group = list(founders)
+    for _, c in sorted(candidates, key=lambda item: -item[0]):
+        if any(g.face_id == c.face_id for g in group):
+            continue
+        if any(g.media_item_id == c.media_item_id and not g.same_track(c) for g in group):
+            continue
+        if all(float(c.embedding @ g.embedding) >= params.seed_threshold
+               for g in group if not g.same_track(c)):
+            group.append(c)
+    media = {g.media_item_id for g in group}
+    if sightings(group, params.duplicate_similarity) < params.min_faces or len(media) < 2:
+        return None
+    return group
+
+
+def sightings(group: Sequence[PendingFace], duplicate_similarity: float) -> int:
+    """Faces in the group, counting near-identical faces of different media items once."""
+    counted: list[PendingFace] = []
+    for m in group:
+        if not any(c.media_item_id != m.media_item_id
+                   and float(c.embedding @ m.embedding) >= duplicate_similarity for c in counted):
+            counted.append(m)
+    return len(counted)
+
+
+def group_view(group: Sequence[PendingFace]) -> PersonView:
+    """A seed group seen as a person (for the group's own linkage to existing persons)."""
+    return PersonView(0, len(group), np.mean([g.embedding for g in group], axis=0))
+
+
+def unit_vector(v: np.ndarray) -> np.ndarray:
+    return (v / max(float(np.linalg.norm(v)), 1e-12)).astype(np.float32)
