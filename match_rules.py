@@ -77,15 +77,24 @@ class RuleParams:
     seed_threshold: float       # every pair of founding faces
     min_faces: int = 3
     duplicate_similarity: float = 0.98
-    review_floor: float = 0.0   # a runner-up below its threshold by more than this is no rival
+    cohesion_slack: float = 1.0  # a face may be this much less like a person than its faces
+    #                              are like each other on average (`cohesion`)
     min_support: float = 0.5    # share of the unit's neighbours at the threshold that must be the
     #                             winner's faces (pending faces and other persons' count against)
-    support_delta: float = 0.0  # neighbours count for support from threshold + support_delta
 
 
 def linkage(query: FaceQuery, person: PersonView) -> float:
     """Average linkage of one face to a person (its mean similarity to the person's faces)."""
     return float(np.dot(query.embedding, person.mean))
+
+
+def cohesion(person: PersonView) -> float | None:
+    """The mean similarity between two different faces of the person (None below 2 faces):
+    with n unit vectors of mean m, |m|^2 = (1 + (n - 1) * cohesion) / n."""
+    n = person.size
+    if n < 2:
+        return None
+    return float((n * float(np.dot(person.mean, person.mean)) - 1.0) / (n - 1))
 
 
 def candidate_persons(faces: Sequence[FaceQuery]) -> set[int]:
@@ -107,30 +116,40 @@ def decide(faces: Sequence[FaceQuery], persons: Mapping[int, PersonView], params
     (taken by another face of the media item, or the operator moved these faces out of them).
     """
     threshold = float(np.mean([f.threshold for f in faces]))
-    scored = []
+    scored: list[tuple[Candidate, bool]] = []   # (candidate, whether the person's spread allows it)
     for person_id in candidate_persons(faces):
         person = persons.get(person_id)
         if person is None or person_id in excluded or person.size == 0:
             continue
         link = float(np.mean([linkage(f, person) for f in faces]))
+        tight = cohesion(person)
         support = sum(1 for f in faces for n in f.neighbours
-                      if n.person_id == person_id
-                      and n.similarity >= f.threshold + params.support_delta)
-        scored.append(Candidate(person_id, round(link, 4), float(support)))
-    scored.sort(key=lambda c: (c.similarity, c.votes), reverse=True)
-    if not scored or scored[0].similarity < threshold:
-        best = scored[0].similarity if scored else _best_similarity(faces)
+                      if n.person_id == person_id and n.similarity >= f.threshold)
+        scored.append((Candidate(person_id, round(link, 4), float(support)),
+                       tight is None or link >= tight - params.cohesion_slack))
+    scored.sort(key=lambda item: (item[0].similarity, item[0].votes), reverse=True)
+    at_threshold = [c for c, _ in scored if c.similarity >= threshold]
+    if not at_threshold:
+        best = scored[0][0].similarity if scored else _best_similarity(faces)
         return Decision("pending", similarity=best)
-    winner = scored[0]
-    near = sum(1 for f in faces for n in f.neighbours
-               if n.similarity >= f.threshold + params.support_delta and n.state in ("assigned", "pending", "review"))
-    if near and winner.votes < params.min_support * near:
+    candidates = tuple(at_threshold)
+    if len(at_threshold) > 1 and at_threshold[0].similarity - at_threshold[1].similarity < params.margin:
+        return Decision("review", similarity=at_threshold[0].similarity, candidates=candidates)
+    winner, fits = scored[0]
+    if not fits:
+        # Well below what the person's own faces are to each other: not (yet) one of them.
         return Decision("pending", similarity=winner.similarity)
-    rivals = [c for c in scored[1:] if c.similarity >= threshold - params.review_floor]
-    candidates = tuple([winner, *rivals])
-    if (rivals and winner.similarity - rivals[0].similarity < params.margin) \
-            or winner.person_id in vetoed:
+    if winner.person_id in vetoed:
         return Decision("review", similarity=winner.similarity, candidates=candidates)
+    # Support: most of the faces this close that belong to nobody yet must be the winner's
+    # faces. Good pending faces close to this one are someone the person's faces are not (or
+    # not yet): the face waits with them (and may found a person with them, which then is
+    # decided against this person as a whole).
+    waiting = sum(1 for f in faces for n in f.neighbours
+                  if n.person_id is None and n.state in ("pending", "review")
+                  and not n.low_quality and n.similarity >= f.threshold)
+    if winner.votes < params.min_support * (winner.votes + waiting):
+        return Decision("pending", similarity=winner.similarity)
     return Decision("assigned", winner.person_id, winner.similarity, candidates)
 
 

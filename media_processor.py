@@ -90,7 +90,7 @@ ENGINES: dict[str, EngineInfo] = {
     # faces do; the rest are splits for merge suggestions and k-NN voting, which beat wrong
     # merges. Seeding at 0.935: 20 of 25, margin 0.02. dlib's scale is compressed: thresholds
     # that look close are far apart. tests/test_media_processor.py re-measures all of this.
-    "dlib": EngineInfo("dlib", 128, 0.92, 0.935),
+    "dlib": EngineInfo("dlib", 128, 0.935, 0.945),
 }
 
 # Quality: a weighted geometric mean, so one bad component pulls the score down however good

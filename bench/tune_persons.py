@@ -26,6 +26,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from identity_matcher import MatchParams  # noqa: E402
 from match_rules import (Decision, FaceQuery, Neighbour, PendingFace, PersonView,  # noqa: E402
                          RuleParams, decide, group_view, seed_group)
 
@@ -46,12 +47,22 @@ class SimParams:
     min_faces: int = 3
     cascade_limit: int = 100
     group_join: bool = True  # a seed group near an existing person joins it instead
-    min_support: float = 0.5
-    support_delta: float = 0.0
+    min_support: float = 0.67
+    cohesion_slack: float = 0.02
 
     def rules(self) -> RuleParams:
         return RuleParams(margin=self.margin, seed_threshold=self.seed, min_faces=self.min_faces,
-                          duplicate_similarity=self.duplicate, min_support=self.min_support, support_delta=self.support_delta)
+                          duplicate_similarity=self.duplicate, min_support=self.min_support,
+                         cohesion_slack=self.cohesion_slack)
+
+    @classmethod
+    def from_match(cls, m: MatchParams) -> SimParams:
+        """The numbers the real matcher uses (identity_matcher.MatchParams)."""
+        return cls(join=m.similarity_threshold, seed=m.seed_threshold,
+                   low_quality=m.low_quality_threshold, margin=m.margin,
+                   duplicate=m.duplicate_similarity, floor=m.suggest_threshold, k=m.k,
+                   seed_k=m.seed_k, min_faces=m.min_faces, cascade_limit=m.cascade_limit,
+                   min_support=m.min_support, cohesion_slack=m.cohesion_slack)
 
 
 @dataclass
@@ -333,13 +344,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--npz", type=Path, default=Path("/work/tmp/lfw/lfw_dlib.npz"))
     parser.add_argument("--photos", type=int, default=None)
     parser.add_argument("--orders", default="1,2,3")
-    parser.add_argument("--join", type=float, default=SimParams.join)
-    parser.add_argument("--seed", type=float, default=SimParams.seed)
-    parser.add_argument("--low-quality", type=float, default=SimParams.low_quality)
-    parser.add_argument("--margin", type=float, default=SimParams.margin)
+    parser.add_argument("--join", type=float, default=None, help="default: the engine's")
+    parser.add_argument("--seed", type=float, default=None, help="default: the engine's")
+    parser.add_argument("--support", type=float, default=None)
+    parser.add_argument("--slack", type=float, default=None)
     parser.add_argument("--no-group-join", action="store_true")
-    parser.add_argument("--support", type=float, default=SimParams.min_support)
-    parser.add_argument("--support-delta", type=float, default=0.0)
     parser.add_argument("--impostors", action="store_true")
     parser.add_argument("--ceiling", action="store_true")
     parser.add_argument("--grid", default=None, help="join values, comma-separated")
@@ -349,15 +358,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.impostors:
         impostors(data)
     joins = [float(v) for v in args.grid.split(",")] if args.grid else [args.join]
+    extra = {} if args.support is None else {"min_support": args.support}
+    if args.slack is not None:
+        extra["cohesion_slack"] = args.slack
     for join, seed_order in itertools.product(joins, [int(s) for s in args.orders.split(",")]):
         photos = order(len(data.centred), n, seed_order)
-        p = SimParams(join=join, seed=max(args.seed, join), low_quality=max(args.low_quality, join),
-                      margin=args.margin, group_join=not args.no_group_join,
-                      min_support=args.support, support_delta=args.support_delta)
+        m = MatchParams.for_engine("dlib", similarity_threshold=join, seed_threshold=args.seed,
+                                   **extra)
+        p = SimParams.from_match(m)
+        p.group_join = not args.no_group_join
         result, _ = simulate(data, p, photos)
-        print(f"{n} photos order {seed_order} join {join} seed {p.seed}: {fmt(result)}", flush=True)
+        print(f"{n} photos order {seed_order} join {p.join} seed {p.seed} support "
+              f"{p.min_support} slack {p.cohesion_slack}: {fmt(result)}", flush=True)
         if args.ceiling:
-            print(f"  average linkage at {join}: {fmt(average_linkage_ceiling(data, photos, join))}")
+            print(f"  average linkage at {p.join}: "
+                  f"{fmt(average_linkage_ceiling(data, photos, p.join))}")
     return 0
 
 

@@ -27,6 +27,14 @@ LEFT JOIN telegram_topics t ON t.id = n.topic_id
 WHERE n.similarity >= %(min_similarity)s
 ORDER BY n.similarity DESC;
 
+-- name: persons_views
+-- Persons %(person_ids)s as a whole: face count and mean embedding (average linkage to a person
+-- is a face's dot product with this mean). Reads each person's faces by idx_embeddings_topic.
+SELECT topic_id, count(*), avg(embedding)
+FROM face_embeddings
+WHERE topic_id = ANY(%(person_ids)s::integer[])
+GROUP BY topic_id;
+
 -- name: persons_lock
 -- Serialises person creation and every change to the pending pool (see identity_matcher.py):
 -- held until the transaction ends.

@@ -33,8 +33,17 @@ _messages = itertools.count(1000)
 # --- helpers (test_persons.py uses them too) -----------------------------------------------------
 
 
+# The behaviour tests below (seeding, joining, review, duplicates, operator facts) were written
+# around these 16 photos, where few faces per person make a loose person: Obama's 01-03 are
+# 0.955 alike on average and barack_obama_04 is 0.914 like them (average linkage). They run at
+# looser numbers than the engine's defaults (join 0.935, seed 0.945, cohesion slack 0.02, which
+# are calibrated on the open set faces-lfw, see media_processor.ENGINES): join 0.91, seed 0.935,
+# slack 0.06 (01-03 are 0.965 alike, 04 is 0.914 like them). tests/test_matcher_scale.py checks the defaults at scale.
+FIXTURE_THRESHOLDS = {"similarity_threshold": 0.91, "seed_threshold": 0.935, "cohesion_slack": 0.06}
+
+
 def dlib_matcher(**overrides) -> IdentityMatcher:
-    return IdentityMatcher(MatchParams.for_engine("dlib", **overrides))
+    return IdentityMatcher(MatchParams.for_engine("dlib", **(FIXTURE_THRESHOLDS | overrides)))
 
 
 async def new_media(pool, media_type: str = "photo") -> int:
@@ -549,7 +558,7 @@ def test_the_faces_of_a_track_vote_together():
 def test_params_come_from_settings_or_the_engine(clean_env):
     from config import load_settings
     params = MatchParams.from_settings(load_settings(env_file=None, face_engine="dlib"))
-    assert (params.similarity_threshold, params.seed_threshold, params.min_faces) == (0.92, 0.935, 3)
+    assert (params.similarity_threshold, params.seed_threshold, params.min_faces) == (0.935, 0.945, 3)
     params = MatchParams.from_settings(load_settings(
         env_file=None, face_engine="insightface", similarity_threshold=0.6, min_faces_for_person=4))
     # The seed threshold is never below the join threshold.
