@@ -47,7 +47,10 @@ The rules:
 
 Thresholds are cosine similarities (engine defaults and their calibration: media_processor.ENGINES).
 `MatchParams.for_engine` derives the secondary ones from the join threshold d = 1 - similarity:
-margin 0.05 d, low-quality join +0.25 d, suggestions -0.25 d, duplicates 1 - 0.05 d (>= 0.98).
+margin 0.1 d, cohesion slack 0.36 d, low-quality join +0.25 d, suggestions -0.25 d, duplicates
+1 - 0.05 d (>= 0.98). For dlib at 0.93 that is a margin of 0.007, slack 0.025, low-quality join
+0.9475, suggestions from 0.9125, duplicates 0.9965; for ArcFace at 0.55: 0.045, 0.162, 0.6625,
+0.4375 and 0.98.
 """
 
 from __future__ import annotations
@@ -95,7 +98,8 @@ class MatchParams:
     seed_min_quality: float = 0.7      # below: a low-quality face (joins stricter, never seeds)
     margin: float = 0.0225             # best person's linkage over the runner-up's
     min_support: float = 0.67          # share of the near neighbours that are the person's
-    cohesion_slack: float = 0.02       # linkage at most this far below the person's cohesion
+    cohesion_slack: float = 0.025      # linkage at most this far below the person's cohesion,
+    cohesion_full_size: int = 5        # from this many faces on (less for smaller persons)
     low_quality_threshold: float = 0.6625
     duplicate_similarity: float = 0.98
     suggest_threshold: float = 0.4375  # merge suggestions from here
@@ -126,6 +130,7 @@ class MatchParams:
         d = 1.0 - join
         base = cls(similarity_threshold=join, seed_threshold=seed,
                    margin=round(0.1 * d, 4),
+                   cohesion_slack=round(0.36 * d, 4),
                    low_quality_threshold=round(join + 0.25 * d, 4),
                    duplicate_similarity=round(max(0.98, 1.0 - 0.05 * d), 4),
                    suggest_threshold=round(join - 0.25 * d, 4))
@@ -142,7 +147,8 @@ class MatchParams:
     def rules(self) -> RuleParams:
         return RuleParams(margin=self.margin, seed_threshold=self.seed_threshold,
                           min_faces=self.min_faces, duplicate_similarity=self.duplicate_similarity,
-                          min_support=self.min_support, cohesion_slack=self.cohesion_slack)
+                          min_support=self.min_support, cohesion_slack=self.cohesion_slack,
+                          cohesion_full_size=self.cohesion_full_size)
 
     def threshold(self, low_quality: bool) -> float:
         return self.low_quality_threshold if low_quality else self.similarity_threshold

@@ -78,7 +78,9 @@ class RuleParams:
     min_faces: int = 3
     duplicate_similarity: float = 0.98
     cohesion_slack: float = 1.0  # a face may be this much less like a person than its faces
-    #                              are like each other on average (`cohesion`)
+    #                              are like each other on average (`cohesion`) ...
+    cohesion_full_size: int = 1  # ... once the person has this many faces; a smaller person's
+    #                              cohesion says less, and its slack is smaller in proportion
     min_support: float = 0.5    # share of the unit's neighbours at the threshold that must be the
     #                             winner's faces (pending faces and other persons' count against)
 
@@ -95,6 +97,11 @@ def cohesion(person: PersonView) -> float | None:
     if n < 2:
         return None
     return float((n * float(np.dot(person.mean, person.mean)) - 1.0) / (n - 1))
+
+
+def slack(person: PersonView, params: RuleParams) -> float:
+    """How far below its cohesion a face may be to join the person."""
+    return params.cohesion_slack * min(1.0, person.size / params.cohesion_full_size)
 
 
 def candidate_persons(faces: Sequence[FaceQuery]) -> set[int]:
@@ -126,7 +133,7 @@ def decide(faces: Sequence[FaceQuery], persons: Mapping[int, PersonView], params
         support = sum(1 for f in faces for n in f.neighbours
                       if n.person_id == person_id and n.similarity >= f.threshold)
         scored.append((Candidate(person_id, round(link, 4), float(support)),
-                       tight is None or link >= tight - params.cohesion_slack))
+                       tight is None or link >= tight - slack(person, params)))
     scored.sort(key=lambda item: (item[0].similarity, item[0].votes), reverse=True)
     at_threshold = [c for c, _ in scored if c.similarity >= threshold]
     if not at_threshold:

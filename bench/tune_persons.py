@@ -48,12 +48,14 @@ class SimParams:
     cascade_limit: int = 100
     group_join: bool = True  # a seed group near an existing person joins it instead
     min_support: float = 0.67
-    cohesion_slack: float = 0.02
+    cohesion_slack: float = 0.025
+    cohesion_full_size: int = 5
 
     def rules(self) -> RuleParams:
         return RuleParams(margin=self.margin, seed_threshold=self.seed, min_faces=self.min_faces,
                           duplicate_similarity=self.duplicate, min_support=self.min_support,
-                         cohesion_slack=self.cohesion_slack)
+                         cohesion_slack=self.cohesion_slack,
+                         cohesion_full_size=self.cohesion_full_size)
 
     @classmethod
     def from_match(cls, m: MatchParams) -> SimParams:
@@ -62,7 +64,8 @@ class SimParams:
                    low_quality=m.low_quality_threshold, margin=m.margin,
                    duplicate=m.duplicate_similarity, floor=m.suggest_threshold, k=m.k,
                    seed_k=m.seed_k, min_faces=m.min_faces, cascade_limit=m.cascade_limit,
-                   min_support=m.min_support, cohesion_slack=m.cohesion_slack)
+                   min_support=m.min_support, cohesion_slack=m.cohesion_slack,
+                   cohesion_full_size=m.cohesion_full_size)
 
 
 @dataclass
@@ -74,6 +77,9 @@ class Data:
     identity: np.ndarray     # per photo
     count: np.ndarray        # photos of the identity
     faces_of: list[list[int]] = field(default_factory=list)
+    quality: np.ndarray = field(default=None)   # type: ignore[assignment]
+    bbox: np.ndarray = field(default=None)      # type: ignore[assignment]
+    seconds: np.ndarray = field(default=None)   # type: ignore[assignment]  # analysis, per photo
 
     @classmethod
     def load(cls, path: Path) -> Data:
@@ -84,6 +90,7 @@ class Data:
                            new_index[np.maximum(d["centred_face"], 0)], -1)
         data = cls(d["embeddings"][keep], d["photo_index"][keep], d["quality"][keep] < SEED_MIN_QUALITY,
                    centred, d["identities"], d["photos_of_identity"])
+        data.quality, data.bbox, data.seconds = d["quality"][keep], d["bbox"][keep], d["seconds"]
         data.faces_of = [[] for _ in range(len(centred))]
         for i, p in enumerate(data.photo):
             data.faces_of[p].append(i)
@@ -348,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=float, default=None, help="default: the engine's")
     parser.add_argument("--support", type=float, default=None)
     parser.add_argument("--slack", type=float, default=None)
+    parser.add_argument("--full-size", type=int, default=None)
     parser.add_argument("--no-group-join", action="store_true")
     parser.add_argument("--impostors", action="store_true")
     parser.add_argument("--ceiling", action="store_true")
@@ -361,6 +369,8 @@ def main(argv: list[str] | None = None) -> int:
     extra = {} if args.support is None else {"min_support": args.support}
     if args.slack is not None:
         extra["cohesion_slack"] = args.slack
+    if args.full_size is not None:
+        extra["cohesion_full_size"] = args.full_size
     for join, seed_order in itertools.product(joins, [int(s) for s in args.orders.split(",")]):
         photos = order(len(data.centred), n, seed_order)
         m = MatchParams.for_engine("dlib", similarity_threshold=join, seed_threshold=args.seed,

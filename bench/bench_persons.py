@@ -1,0 +1,106 @@
+"""Persons made from the faces-lfw photos by the real matcher on a real PostgreSQL; prints figures.
+
+    .venv/bin/python bench/bench_persons.py [--photos N] [--orders 1,2,3]
+        [--npz /work/tmp/lfw/lfw_dlib.npz]
+
+The photos' faces come from bench/lfw_embeddings.py's analysis (the dlib FaceProcessor, the
+code `main.py import` runs; detection does not depend on the order, so it is done once and
+replayed: the printout says so). Faces below MIN_QUALITY_THRESHOLD (0.5) are dropped, as the
+daemon drops them. In each order (a seeded shuffle of the photos; the first N of it) every photo
+becomes a media item whose faces go through `IdentityMatcher.assign` in one transaction each,
+with the engine's default parameters (MatchParams.from_settings), on a fresh database of an
+embedded PostgreSQL (pgserver, in a temporary directory, as tests/conftest.py). Printed per
+order: pairwise precision (all photos; a photo's person is that of its centred, labelled face)
+and recall (over identities with >= 3 photos, and for frequent (>= 10) and occasional (3-9)
+people), persons made and the largest one's purity, faces pending / in review, the strangers'
+faces left out of every person, photos per second and the matching time against the analysis
+time per photo; then the offline average-linkage ceiling on the same centred faces at the
+matcher's join threshold (bench/tune_persons.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
+
+import database  # noqa: E402
+from identity_matcher import IdentityMatcher, MatchParams  # noqa: E402
+from replay import detected, replay  # noqa: E402
+from tune_persons import Data, average_linkage_ceiling, fmt, order, scores  # noqa: E402
+
+
+async def run_order(conninfo: str, data: Data, photos, params: MatchParams) -> dict:
+    pool = database.async_pool(conninfo, min_size=1, max_size=2)
+    await pool.open(wait=True)
+    try:
+        inputs = [[(i, detected(data.emb[i], data.bbox[i], data.quality[i]))
+                   for i in data.faces_of[int(ph)]] for ph in photos]
+        start = time.perf_counter()
+        result = await replay(pool, IdentityMatcher(params), inputs)
+        wall = time.perf_counter() - start
+    finally:
+        await pool.close()
+    person_of_photo = [result.face_person.get(int(data.centred[ph])) if data.centred[ph] >= 0
+                       else None for ph in photos]
+    out = scores(data, photos, person_of_photo)
+    states = list(result.face_state.values())
+    out.update(pending=states.count("pending"), review=states.count("review"),
+               match_ms=1000 * result.seconds / len(photos), wall=wall)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--npz", type=Path, default=Path("/work/tmp/lfw/lfw_dlib.npz"))
+    parser.add_argument("--photos", type=int, default=None, help="default: all")
+    parser.add_argument("--orders", default="1,2,3", help="shuffle seeds, comma-separated")
+    args = parser.parse_args(argv)
+    data = Data.load(args.npz)
+    n = min(args.photos or len(data.centred), len(data.centred))
+    params = MatchParams.for_engine("dlib")
+    print(f"faces-lfw, dlib: {n} photos; analysis replayed from {args.npz} (the same for every "
+          f"order); matcher: join {params.similarity_threshold}, seed {params.seed_threshold}, "
+          f"support {params.min_support}, cohesion slack {params.cohesion_slack}", flush=True)
+    base = Path(tempfile.mkdtemp(prefix="fa-bench-persons-"))
+    os.chmod(base, 0o755)
+    import pgserver
+    server = pgserver.get_server(base / "pgdata", cleanup_mode="delete")
+    try:
+        admin = server.get_uri("postgres")
+        for seed in [int(s) for s in args.orders.split(",")]:
+            name = f"persons_{seed}_{n}"
+            with psycopg.connect(admin, autocommit=True) as conn:
+                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+            conninfo = make_conninfo(**(conninfo_to_dict(admin) | {"dbname": name}))
+            database.migrate(conninfo)
+            database.ensure_engine(conninfo, "dlib", 128)
+            photos = order(len(data.centred), n, seed)
+            r = asyncio.run(run_order(conninfo, data, photos, params))
+            analysis_ms = 1000 * float(data.seconds[photos].mean())
+            print(f"order {seed}: {fmt(r)}")
+            print(f"  {n / r['wall']:.1f} photos/s through the matcher; matching "
+                  f"{r['match_ms']:.1f} ms/photo = {r['match_ms'] / analysis_ms:.0%} of the "
+                  f"analysis ({analysis_ms:.0f} ms/photo, dlib, one process)", flush=True)
+            ceiling = average_linkage_ceiling(data, photos, params.similarity_threshold)
+            print(f"  offline average linkage at {params.similarity_threshold}: {fmt(ceiling)}",
+                  flush=True)
+    finally:
+        server.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
