@@ -10,7 +10,8 @@ the rule: a loose person's mean vector is shorter, so a face needs to be closer 
 
 `decide` is the rule for one unit (a photo face, or the faces of one video track); `vetoes`
 applies the operator's "not this person" facts; `seed_group` is the complete-linkage rule that
-founds persons from the pending pool. identity_matcher.py feeds them from the database;
+founds persons from the pending pool. The numbers (identity_matcher.MatchParams, engine defaults
+in media_processor.ENGINES) were tuned with bench/tune_persons.py on faces-lfw. identity_matcher.py feeds them from the database;
 bench/tune_persons.py feeds the same functions from numpy to tune them offline.
 """
 
@@ -115,12 +116,16 @@ def decide(faces: Sequence[FaceQuery], persons: Mapping[int, PersonView], params
     """Which person the unit (one photo face, or the faces of one video track) joins.
 
     Candidates are the persons owning its neighbours (`persons` must hold each of them, else it
-    is ignored). A unit's linkage to a person is the mean over its faces of `linkage`, and it is
-    compared with the mean of the faces' thresholds (a low-quality face has a stricter one). The
-    best candidate joins if its linkage reaches the threshold, beats every other candidate's by
-    `margin` and is not vetoed; a winner with a close rival or a veto goes to review; with no
-    candidate at the threshold the unit stays pending. `excluded`: persons the unit may not join
-    (taken by another face of the media item, or the operator moved these faces out of them).
+    is ignored). A unit's linkage to a person is the mean over its faces of `linkage`, compared
+    with the mean of the faces' thresholds (a low-quality face has a stricter one). In order:
+    no candidate at the threshold: pending; the two best within `margin` of each other: review
+    (between two persons); the best more than its `slack` below the person's own `cohesion`:
+    pending (a look-alike of a tight person); the best vetoed by an operator fact: review; fewer
+    than `min_support` of the close faces that belong to the best person or to nobody yet are
+    the person's: pending (it waits with the pending faces it resembles, which may found a
+    person that is then decided against this one as a whole); else it joins. `excluded`:
+    persons the unit may not join (taken by another face of the media item, or the operator
+    moved these faces out of them).
     """
     threshold = float(np.mean([f.threshold for f in faces]))
     scored: list[tuple[Candidate, bool]] = []   # (candidate, whether the person's spread allows it)
