@@ -80,6 +80,7 @@ class Data:
     quality: np.ndarray = field(default=None)   # type: ignore[assignment]
     bbox: np.ndarray = field(default=None)      # type: ignore[assignment]
     seconds: np.ndarray = field(default=None)   # type: ignore[assignment]  # analysis, per photo
+    files: np.ndarray = field(default=None)     # type: ignore[assignment]  # per photo
 
     @classmethod
     def load(cls, path: Path) -> Data:
@@ -91,6 +92,7 @@ class Data:
         data = cls(d["embeddings"][keep], d["photo_index"][keep], d["quality"][keep] < SEED_MIN_QUALITY,
                    centred, d["identities"], d["photos_of_identity"])
         data.quality, data.bbox, data.seconds = d["quality"][keep], d["bbox"][keep], d["seconds"]
+        data.files = d["files"]
         data.faces_of = [[] for _ in range(len(centred))]
         for i, p in enumerate(data.photo):
             data.faces_of[p].append(i)
