@@ -274,7 +274,8 @@ class IdentityMatcher:
                     for e, lq, ns in zip(embeddings, low_quality, neighbour_lists)]
         persons = await search.person_views(
             conn, {n.person_id for ns in neighbour_lists for n in ns if n.person_id is not None})
-        rejections = await search.rejections(conn, [n.face_id for ns in neighbour_lists for n in ns])
+        rejections = await search.rejections(conn, [n.face_id for ns in neighbour_lists
+                                                    for n in ns])
         return decide(queries_, persons, self.rules, excluded=excluded,
                       vetoed=vetoes(neighbour_lists, rejections))
 

@@ -10,9 +10,9 @@ the rule: a loose person's mean vector is shorter, so a face needs to be closer 
 
 `decide` is the rule for one unit (a photo face, or the faces of one video track); `vetoes`
 applies the operator's "not this person" facts; `seed_group` is the complete-linkage rule that
-founds persons from the pending pool. The numbers (identity_matcher.MatchParams, engine defaults
-in media_processor.ENGINES) were tuned with bench/tune_persons.py on faces-lfw. identity_matcher.py feeds them from the database;
-bench/tune_persons.py feeds the same functions from numpy to tune them offline.
+founds persons from the pending pool. identity_matcher.py feeds them from the database;
+bench/tune_persons.py feeds the same functions from numpy, to tune the numbers offline on
+faces-lfw (identity_matcher.MatchParams, engine defaults in media_processor.ENGINES).
 """
 
 from __future__ import annotations
@@ -145,7 +145,8 @@ def decide(faces: Sequence[FaceQuery], persons: Mapping[int, PersonView], params
         best = scored[0][0].similarity if scored else _best_similarity(faces)
         return Decision("pending", similarity=best)
     candidates = tuple(at_threshold)
-    if len(at_threshold) > 1 and at_threshold[0].similarity - at_threshold[1].similarity < params.margin:
+    if (len(at_threshold) > 1
+            and at_threshold[0].similarity - at_threshold[1].similarity < params.margin):
         return Decision("review", similarity=at_threshold[0].similarity, candidates=candidates)
     winner, fits = scored[0]
     if not fits:
@@ -231,11 +232,6 @@ def sightings(group: Sequence[PendingFace], duplicate_similarity: float) -> int:
                    and float(c.embedding @ m.embedding) >= duplicate_similarity for c in counted):
             counted.append(m)
     return len(counted)
-
-
-def group_view(group: Sequence[PendingFace]) -> PersonView:
-    """A seed group seen as a person (for the group's own linkage to existing persons)."""
-    return PersonView(0, len(group), np.mean([g.embedding for g in group], axis=0))
 
 
 def unit_vector(v: np.ndarray) -> np.ndarray:

@@ -29,7 +29,8 @@ async def knn(conn: psycopg.AsyncConnection, embedding: np.ndarray, k: int,
                       float(r[5])) for r in rows]
 
 
-async def person_views(conn: psycopg.AsyncConnection, person_ids: set[int]) -> dict[int, PersonView]:
+async def person_views(conn: psycopg.AsyncConnection,
+                       person_ids: set[int]) -> dict[int, PersonView]:
     """Face count and mean embedding of each person (ids already followed through merges)."""
     if not person_ids:
         return {}

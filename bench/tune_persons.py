@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from identity_matcher import MatchParams  # noqa: E402
 from match_rules import (Decision, FaceQuery, Neighbour, PendingFace, PersonView,  # noqa: E402
-                         RuleParams, decide, group_view, seed_group)
+                         RuleParams, decide, seed_group)
 
 MIN_QUALITY = 0.5      # the daemon's MIN_QUALITY_THRESHOLD
 SEED_MIN_QUALITY = 0.7
