@@ -24,8 +24,11 @@ from test_identity_matcher import pairwise  # noqa: E402
 
 FIXTURE = Path(__file__).resolve().parent / "lfw_dlib_subset.npz"
 PRECISION_GOAL = 0.99
-# Measured (both orders, defaults join 0.93 / seed 0.945): see RECALL_MEASURED.
-RECALL_FLOOR = 0.60
+# Measured with the defaults (join 0.93, seed 0.945): order 1 precision 0.9936, recall 0.840;
+# order 2 precision 1.000, recall 0.817; no stranger in a person; ~30 s for both. The matcher
+# before issue 14 (nearest neighbours voting, single linkage) made precision 0.576 and 0.479
+# here, with 38 % of the strangers' faces in some person.
+RECALL_FLOOR = 0.75
 STRANGERS_OUT_GOAL = 0.98
 
 
