@@ -30,10 +30,14 @@ faces), 2 cores shared with four other jobs (load average ~12), 1,000 photos:
 5,130 photos, order 1 (`--photos 5130 --orders 1`): P 0.9934 R 0.706 (0.706, 0.705), strangers
   out 0.994, 354 persons, largest 40 (purity 1.00), pending 2,212, review 266, 87 ms/photo;
   ceiling P 0.9665 R 0.943 (largest purity 0.67).
+5,130 photos, order 2, later on a quiet machine (`--photos 5130 --orders 2`): P 0.9936 R 0.761
+  (0.765, 0.678), strangers out 0.994, 344 persons, largest 40 (purity 1.00), pending 2,187,
+  review 210; 112.5 photos/s through the matcher, matching 7.9 ms/photo = 7 % of the analysis
+  measured at the same time (112 ms/photo).
 bench/tune_persons.py gives the same persons as this bench (checked: identical figures at 300
-and 1,000 photos in orders 1 and 2, and at 5,130 in order 1); its figures for the runs not made
-here: 3,000 photos P 0.9938 / 0.9938 / 0.9934, R 0.718 / 0.772 / 0.769; 5,130 photos orders 2
-and 3: P 0.9936 / 0.9956, R 0.761 / 0.750, strangers out 0.994 / 0.996.
+and 1,000 photos in orders 1 and 2, and at 5,130 in orders 1 and 2); its figures for the runs
+not made here: 3,000 photos P 0.9938 / 0.9938 / 0.9934, R 0.718 / 0.772 / 0.769; 5,130 photos
+order 3: P 0.9956, R 0.750, strangers out 0.996.
 """
 
 from __future__ import annotations
