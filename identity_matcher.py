@@ -2,55 +2,60 @@
 
 `IdentityMatcher.assign(conn, media_item_id, faces)` stores the faces of one photo (or the best
 faces of each track of one video) and decides their persons, in the caller's transaction, so a
-job's faces, persons and due posts commit together with the job. The rules (DESIGN.md §5,
-research/face_anchors.md §3, §4, §10):
+job's faces, persons and due posts commit together with the job. The modules (DESIGN.md §5):
 
-- **Joining.** The k nearest stored faces come from pgvector's HNSW index (`persons_knn`:
-  top-k first, then the similarity filter). Assigned neighbours at or above the join threshold
-  vote for their persons, weighted by similarity, the `vote_k` nearest of them per face (all
-  faces of a video track vote together). The winner must hold a majority of the votes and its
-  best similarity must beat the runner-up's by `margin`; otherwise the face goes to state
-  'review' with its candidates in `review_candidates`. A single lucky neighbour of another
-  person cannot outvote a person's several faces, and a face between two persons is not guessed.
-- **Low-quality faces** (quality below `seed_min_quality`) may join a person, at the stricter
-  `low_quality_threshold`, but never found one.
-- **Pending pool and seeding.** A face that joins nobody is stored with state 'pending'. A
-  person is created when at least `min_faces` pending faces from at least 2 media items agree
-  with each other, every pair at `seed_threshold` or better (faces of one video track count as
-  one person among themselves). Near-identical faces of different media items (the same photo
-  uploaded again) count as one sighting. The new person's posts are due for all its founding
-  media items at once.
+- match_rules.py: the decisions, pure functions over plain data (unit-tested on numbers);
+- match_search.py: what is read (neighbours, persons as a whole, the operator's facts);
+- match_writes.py: what is written, and the bookkeeping of one call;
+- this module: the order of things, the persons lock, seeding and the catch-up of pending faces.
+
+The rules:
+
+- **Joining, against the person as a whole.** The k nearest stored faces (HNSW) name the
+  candidate persons. A unit (a photo face, or the faces of one video track) joins the person
+  with the best *average linkage* (mean similarity to all of the person's faces) if it reaches
+  the join threshold, if at least `min_support` of the unit's neighbours at that threshold are
+  the person's faces (pending faces of nobody yet, and other persons', count against), and if
+  it beats the runner-up by `margin`; a close runner-up, or a veto (below), means review. No
+  person grows one nearest neighbour at a time (single linkage chained 435 news people into a
+  few dozen persons): a face near the edge of a person, far from its other faces, stays out.
+- **Low-quality faces** (quality below `seed_min_quality`) may join at the stricter
+  `low_quality_threshold`, but never found a person.
+- **Pending pool and seeding (complete linkage).** A face that joins nobody waits with state
+  'pending'. A person is founded when at least `min_faces` pending faces from at least 2 media
+  items agree pairwise at `seed_threshold` or better (near-identical faces of different media
+  items count once; faces of one video track are one person among themselves). Before founding,
+  the group as a whole is decided against the existing persons by the joining rule: a group that
+  is a known person joins it (one person, not two); a group in doubt waits. The founders' media
+  items are all posted at once.
 - **One media item, distinct persons.** Two faces of one photo, or two tracks of one video, never
-  share a person. The unit with the strongest claim (highest similarity) decides first; the
-  others decide without the persons already taken: the next candidate, or pending.
-- **Concurrency.** Creating a person, and any change to pending faces of other media items, happens
-  under one `pg_advisory_xact_lock`, taken before writing and followed by a fresh search: two
-  workers holding the same stranger's third and fourth faces make one person, not two. Joining
-  an existing person takes only that person's row lock (in id order), until the commit.
-- **Pending faces catch up.** When a person is born or grows, pending faces near its new faces
-  are decided again (the same vote), so the arrival order of photos matters little.
+  share a person. The unit with the strongest claim decides first; the others decide without
+  the persons already taken.
+- **Concurrency.** Creating a person, and any change to pending faces of other media items,
+  happens under one `pg_advisory_xact_lock`, taken before writing and followed by a fresh search.
+  Joining an existing person takes only that person's row lock (in id order), until the commit.
+- **Pending faces catch up** by the same rule: when a person is born or grows, pending faces near
+  its new faces are decided again against the person as a whole.
 - **Near-duplicates** (similarity >= `duplicate_similarity` to a face of the chosen person, or to
   another face of the same track) are not stored; the media item's post is due all the same.
-- **Operator facts** (persons.py) are respected: a face moved out of a person
-  (face_rejections) never goes back to it, and a new face that looks more like such a face than
-  like any face of that person goes to review; persons merged into another are never matched
-  (votes follow merged_into); hidden persons still take faces (so they are not re-created) but
-  get no posts.
+- **Operator facts** (persons.py): a face moved out of a person never goes back to it, and a face
+  that looks more like such a face than like any face of that person goes to review; merged
+  persons are never matched (candidates follow merged_into); hidden persons still take faces.
 - **Merge suggestions.** Persons whose faces come within `suggest_threshold` of each other are
-  offered to the operator (merge_suggestions, score = best cross similarity), except pairs the
-  operator split, pairs seen together in one media item, and pairs already decided.
+  offered to the operator, except pairs the operator split, pairs seen together in one media
+  item, and pairs already decided.
 
-Thresholds are cosine similarities. `MatchParams.for_engine` derives the secondary ones from
-the join threshold d = 1 - similarity_threshold: margin 0.05 d, low-quality join +0.25 d,
-suggestions -0.25 d, duplicates 1 - 0.05 d (at least 0.98). For ArcFace at 0.55 that is a
-margin of 0.0225 (the research's 0.02), low-quality join 0.66, suggestions from 0.44,
-duplicates 0.98; for dlib at 0.92 (a compressed scale): 0.004, 0.94, 0.90 and 0.996.
+Thresholds are cosine similarities (engine defaults and their calibration: media_processor.ENGINES).
+`MatchParams.for_engine` derives the secondary ones from the join threshold d = 1 - similarity:
+margin 0.1 d, cohesion slack 0.36 d, low-quality join +0.25 d, suggestions -0.25 d, duplicates
+1 - 0.05 d (>= 0.98). For dlib at 0.93 that is a margin of 0.007, slack 0.025, low-quality join
+0.9475, suggestions from 0.9125, duplicates 0.9965; for ArcFace at 0.55: 0.045, 0.162, 0.6625,
+0.4375 and 0.98.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Literal
@@ -58,13 +63,20 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 from psycopg.types.json import Jsonb
 
+import match_search as search
 from database import queries
+from match_rules import (Candidate, Decision, FaceQuery, Neighbour, PendingFace, RuleParams,
+                         decide, seed_group, unit_vector, vetoes)
+from match_writes import Run
 
 if TYPE_CHECKING:
     import psycopg
 
     from config import Settings
     from media_processor import DetectedFace
+
+__all__ = ["Candidate", "DEFAULT_EF_SEARCH", "Decision", "FaceOutcome", "IdentityMatcher",
+           "MatchParams", "MatchResult", "Neighbour", "PERSONS_LOCK", "decide", "vetoes"]
 
 logger = logging.getLogger(__name__)
 
@@ -80,16 +92,18 @@ DEFAULT_EF_SEARCH = 100
 class MatchParams:
     """Everything the matcher decides with. Build it with `for_engine` or `from_settings`."""
 
-    similarity_threshold: float        # join a person (cosine similarity)
+    similarity_threshold: float        # join a person: average linkage (cosine similarity)
     seed_threshold: float              # every pair of founding faces of a new person
     min_faces: int = 3                 # MIN_FACES_FOR_PERSON: founding faces (from >= 2 media)
     seed_min_quality: float = 0.7      # below: a low-quality face (joins stricter, never seeds)
-    margin: float = 0.0225             # best person's similarity over the runner-up's
+    margin: float = 0.0225             # best person's linkage over the runner-up's
+    min_support: float = 0.67          # share of the near neighbours that are the person's
+    cohesion_slack: float = 0.025      # linkage at most this far below the person's cohesion,
+    cohesion_full_size: int = 5        # from this many faces on (less for smaller persons)
     low_quality_threshold: float = 0.6625
     duplicate_similarity: float = 0.98
     suggest_threshold: float = 0.4375  # merge suggestions from here
     k: int = 16                        # neighbours fetched per face
-    vote_k: int = 5                    # of which the nearest assigned ones above threshold vote
     seed_k: int = 32                   # neighbours searched for founding faces
     ef_search: int = DEFAULT_EF_SEARCH
     cascade_limit: int = 100           # pending units re-decided per call, at most
@@ -115,7 +129,8 @@ class MatchParams:
         seed = max(seed_threshold or info.default_seed_threshold, join)
         d = 1.0 - join
         base = cls(similarity_threshold=join, seed_threshold=seed,
-                   margin=round(0.05 * d, 4),
+                   margin=round(0.1 * d, 4),
+                   cohesion_slack=round(0.36 * d, 4),
                    low_quality_threshold=round(join + 0.25 * d, 4),
                    duplicate_similarity=round(max(0.98, 1.0 - 0.05 * d), 4),
                    suggest_threshold=round(join - 0.25 * d, 4))
@@ -129,87 +144,14 @@ class MatchParams:
                               seed_threshold=settings.seed_similarity_threshold,
                               min_faces=settings.min_faces_for_person)
 
+    def rules(self) -> RuleParams:
+        return RuleParams(margin=self.margin, seed_threshold=self.seed_threshold,
+                          min_faces=self.min_faces, duplicate_similarity=self.duplicate_similarity,
+                          min_support=self.min_support, cohesion_slack=self.cohesion_slack,
+                          cohesion_full_size=self.cohesion_full_size)
 
-@dataclass(frozen=True)
-class Neighbour:
-    """A stored face near the one being matched."""
-
-    face_id: int
-    person_id: int | None       # None unless state is 'assigned'; follows merged_into
-    state: str
-    media_item_id: int | None
-    track_id: int | None
-    low_quality: bool
-    similarity: float
-
-
-@dataclass(frozen=True)
-class Candidate:
-    person_id: int
-    similarity: float           # the best similarity of one of its faces
-    votes: float                # similarity-weighted votes
-
-
-@dataclass(frozen=True)
-class Decision:
-    state: Literal["assigned", "pending", "review"]
-    person_id: int | None = None
-    similarity: float | None = None
-    candidates: tuple[Candidate, ...] = ()
-
-
-def decide(neighbour_lists: Sequence[tuple[float, Sequence[Neighbour]]], params: MatchParams, *,
-           excluded: frozenset[int] | set[int] = frozenset(),
-           vetoed: frozenset[int] | set[int] = frozenset()) -> Decision:
-    """The vote for one unit (a photo face, or the faces of one video track).
-
-    `neighbour_lists`: (threshold, neighbours best first) per face. `excluded`: persons this
-    unit may not join (taken by another face of the media item, or rejected by the operator for
-    these faces). `vetoed`: persons that a rejected look-alike speaks against; winning one of
-    them sends the unit to review.
-    """
-    votes: dict[int, float] = {}
-    best: dict[int, float] = {}
-    for threshold, neighbours in neighbour_lists:
-        voters = [n for n in neighbours
-                  if n.person_id is not None and n.similarity >= threshold][:params.vote_k]
-        for n in voters:
-            votes[n.person_id] = votes.get(n.person_id, 0.0) + n.similarity
-            best[n.person_id] = max(best.get(n.person_id, -1.0), n.similarity)
-    allowed = sorted((p for p in votes if p not in excluded),
-                     key=lambda p: (votes[p], best[p]), reverse=True)
-    if not allowed:
-        return Decision("pending", similarity=_best_assigned(neighbour_lists))
-    candidates = tuple(Candidate(p, round(best[p], 4), round(votes[p], 4)) for p in allowed)
-    winner = allowed[0]
-    total = sum(votes[p] for p in allowed)
-    runner_up = max((best[p] for p in allowed[1:]), default=None)
-    clear = (votes[winner] > total / 2
-             and (runner_up is None or best[winner] - runner_up >= params.margin)
-             and winner not in vetoed)
-    if not clear:
-        return Decision("review", similarity=best[winner], candidates=candidates)
-    return Decision("assigned", winner, best[winner], candidates)
-
-
-def _best_assigned(neighbour_lists) -> float | None:
-    sims = [n.similarity for _, ns in neighbour_lists for n in ns if n.person_id is not None]
-    return max(sims, default=None)
-
-
-def vetoes(neighbour_lists: Sequence[Sequence[Neighbour]],
-           rejections: dict[int, set[int]]) -> set[int]:
-    """Persons P such that some neighbour the operator moved out of P is at least as similar to
-    this face as P's most similar face: the face looks more like a known "not P" than like P."""
-    found: set[int] = set()
-    for neighbours in neighbour_lists:
-        for n in neighbours:
-            for person in rejections.get(n.face_id, ()):
-                closest = max((m.similarity for m in neighbours if m.person_id == person),
-                              default=None)
-                if closest is not None and n.similarity >= closest:
-                    found.add(person)
-    return found
+    def threshold(self, low_quality: bool) -> float:
+        return self.low_quality_threshold if low_quality else self.similarity_threshold
 
 
 @dataclass(frozen=True)
@@ -220,7 +162,7 @@ class FaceOutcome:
     face_id: int | None         # the stored row; None for a duplicate (not stored)
     state: Literal["assigned", "pending", "review", "duplicate"]
     person_id: int | None       # assigned: its person; duplicate: the person it duplicates
-    similarity: float | None    # best similarity to that person (or to any person, if none)
+    similarity: float | None    # linkage to that person (or the best to any person, if none)
     new_person: bool = False    # the person was created by this call
 
 
@@ -240,7 +182,6 @@ class _Unit:
     low_quality: list[bool]
     track_id: int | None = None
     neighbours: list[list[Neighbour]] = field(default_factory=list)
-    vetoed: set[int] = field(default_factory=set)
     decision: Decision = Decision("pending")
     face_ids: list[int | None] = field(default_factory=list)
 
@@ -254,39 +195,13 @@ class _Unit:
                     if n.person_id is not None), default=-1.0)
 
 
-@dataclass
-class _Member:
-    face_id: int
-    media_item_id: int
-    track_id: int | None
-    embedding: np.ndarray
-    low_quality: bool = False
-
-    def same_track(self, other: _Member) -> bool:
-        return (self.media_item_id == other.media_item_id and self.track_id is not None
-                and self.track_id == other.track_id)
-
-
-@dataclass
-class _Run:
-    """The state of one `assign` call."""
-
-    conn: psycopg.AsyncConnection
-    media_item_id: int
-    locked: bool = False
-    due: list[tuple[int, int]] = field(default_factory=list)
-    touched: set[int] = field(default_factory=set)
-    created: list[int] = field(default_factory=list)
-    pairs: dict[tuple[int, int], float] = field(default_factory=dict)
-    grown: deque = field(default_factory=deque)   # (face_id, person_id, embedding) to cascade from
-
-
 class IdentityMatcher:
     """Decides persons for faces; see the module docstring. Stateless apart from its params,
     so one instance serves every worker."""
 
     def __init__(self, params: MatchParams):
         self.params = params
+        self.rules = params.rules()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> IdentityMatcher:
@@ -303,18 +218,18 @@ class IdentityMatcher:
         """
         if not faces:
             return MatchResult([], [], [])
-        p = self.params
-        run = _Run(conn, media_item_id)
+        run = Run(conn, media_item_id)
         async with conn.transaction():
             media = await (await conn.execute(queries.persons_media_item,
                                               {"media_item_id": media_item_id})).fetchone()
             if media is None:
                 raise ValueError(f"media item {media_item_id} does not exist; "
                                  "insert it into media_items before matching its faces")
-            await conn.execute(queries.persons_set_ef_search, {"ef_search": str(p.ef_search)})
-            units = _units(faces, p)
+            await conn.execute(queries.persons_set_ef_search,
+                               {"ef_search": str(self.params.ef_search)})
+            units = _units(faces, self.params)
             await self._decide_new(run, units)
-            if self._needs_lock(run, units):
+            if self._needs_lock(units):
                 await conn.execute(queries.persons_lock, {"key": PERSONS_LOCK})
                 run.locked = True
                 await self._decide_new(run, units)  # search again: another worker may have just
@@ -326,8 +241,8 @@ class IdentityMatcher:
                     if unit.decision.state == "pending" and unit.seedable:
                         await self._seed(run, unit)
                 await self._cascade(run)
-            await self._record_suggestions(run)
-            await self._refresh(run)
+            await run.record_suggestions()
+            await run.refresh()
             outcomes = await self._outcomes(run, units)
         return MatchResult(outcomes, run.due, run.created)
 
@@ -336,57 +251,54 @@ class IdentityMatcher:
         """A full pass over every visible person's best faces (e.g. nightly, or after the
         thresholds changed); returns how many suggestions were made or raised. `assign` already
         offers what each new face reveals."""
-        run = _Run(conn, media_item_id=0)
+        run = Run(conn, media_item_id=0)
         async with conn.transaction():
             await conn.execute(queries.persons_set_ef_search,
                                {"ef_search": str(self.params.ef_search)})
             rows = await (await conn.execute(queries.persons_best_faces,
                                              {"per_person": faces_per_person})).fetchall()
             for person_id, _face_id, embedding in rows:
-                for n in await self._knn(conn, embedding.to_numpy(), self.params.suggest_threshold):
-                    _note_pair(run, person_id, n)
-            return await self._record_suggestions(run)
+                for n in await search.knn(conn, embedding.to_numpy(), self.params.k,
+                                          self.params.suggest_threshold):
+                    run.note_pair(person_id, n)
+            return await run.record_suggestions()
 
     # --- deciding ------------------------------------------------------------------------------
 
-    async def _knn(self, conn, embedding: np.ndarray, min_similarity: float) -> list[Neighbour]:
-        rows = await (await conn.execute(queries.persons_knn, {
-            "embedding": embedding, "k": self.params.k, "min_similarity": min_similarity,
-        })).fetchall()
-        return [Neighbour(r[0], r[6] if r[1] == "assigned" else None, r[1], r[2], r[3], r[4],
-                          float(r[5])) for r in rows]
+    async def _decide_unit(self, conn, embeddings: Sequence[np.ndarray],
+                           low_quality: Sequence[bool], neighbour_lists: list[list[Neighbour]],
+                           excluded: set[int]) -> Decision:
+        """The joining rule for one unit, with its candidates' persons and the operator's facts
+        read from the database."""
+        queries_ = [FaceQuery(e, self.params.threshold(lq), ns)
+                    for e, lq, ns in zip(embeddings, low_quality, neighbour_lists)]
+        persons = await search.person_views(
+            conn, {n.person_id for ns in neighbour_lists for n in ns if n.person_id is not None})
+        rejections = await search.rejections(conn, [n.face_id for ns in neighbour_lists
+                                                    for n in ns])
+        return decide(queries_, persons, self.rules, excluded=excluded,
+                      vetoed=vetoes(neighbour_lists, rejections))
 
-    def _thresholds(self, low_quality: Sequence[bool]) -> list[float]:
-        p = self.params
-        return [p.low_quality_threshold if lq else p.similarity_threshold for lq in low_quality]
+    async def _neighbours(self, conn, embedding: np.ndarray, media_item_id: int,
+                          skip: frozenset[int] = frozenset()) -> list[Neighbour]:
+        return [n for n in await search.knn(conn, embedding, self.params.k,
+                                            self.params.suggest_threshold)
+                if n.media_item_id != media_item_id and n.face_id not in skip]
 
-    async def _decide_new(self, run: _Run, units: list[_Unit]) -> None:
-        """Search and vote for the new faces; units with the strongest claim choose first."""
-        conn, p = run.conn, self.params
-        taken = {r[0] for r in await (await conn.execute(queries.persons_media_persons, {
-            "media_item_id": run.media_item_id, "except_ids": []})).fetchall()}
+    async def _decide_new(self, run: Run, units: list[_Unit]) -> None:
+        """Search and decide for the new faces; units with the strongest claim choose first."""
+        conn = run.conn
+        taken = await search.media_persons(conn, run.media_item_id, [])
         for unit in units:
-            unit.neighbours = [[n for n in await self._knn(conn, e, p.suggest_threshold)
-                                if n.media_item_id != run.media_item_id]
+            unit.neighbours = [await self._neighbours(conn, e, run.media_item_id)
                                for e in unit.embeddings]
-        rejections = await self._rejections(
-            conn, [n.face_id for u in units for ns in u.neighbours for n in ns])
         for unit in sorted(units, key=lambda u: -u.claim):
-            unit.vetoed = vetoes(unit.neighbours, rejections)
-            unit.decision = decide(list(zip(self._thresholds(unit.low_quality), unit.neighbours)),
-                                   p, excluded=taken, vetoed=unit.vetoed)
+            unit.decision = await self._decide_unit(conn, unit.embeddings, unit.low_quality,
+                                                    unit.neighbours, taken)
             if unit.decision.state == "assigned":
                 taken.add(unit.decision.person_id)
 
-    async def _rejections(self, conn, face_ids: list[int]) -> dict[int, set[int]]:
-        found: dict[int, set[int]] = {}
-        if face_ids:
-            for face_id, person_id in await (await conn.execute(
-                    queries.persons_rejections, {"face_ids": face_ids})).fetchall():
-                found.setdefault(face_id, set()).add(person_id)
-        return found
-
-    def _needs_lock(self, run: _Run, units: list[_Unit]) -> bool:
+    def _needs_lock(self, units: list[_Unit]) -> bool:
         """Whether this call may create a person or change other media items' pending faces."""
         p = self.params
         for unit in units:
@@ -404,11 +316,11 @@ class IdentityMatcher:
 
     # --- storing -------------------------------------------------------------------------------
 
-    async def _claim(self, run: _Run, units: list[_Unit]) -> None:
+    async def _claim(self, run: Run, units: list[_Unit]) -> None:
         """Lock the chosen persons (in id order) against a concurrent merge, hide or dissolve."""
         for person_id in sorted({u.decision.person_id for u in units
                                  if u.decision.state == "assigned"}):
-            now = await self._claim_person(run.conn, person_id)
+            now = await run.claim_person(person_id)
             taken = {u.decision.person_id for u in units if u.decision.state == "assigned"}
             for unit in units:
                 if unit.decision.state == "assigned" and unit.decision.person_id == person_id:
@@ -417,18 +329,7 @@ class IdentityMatcher:
                         if now == person_id or (now is not None and now not in taken)
                         else Decision("pending", similarity=unit.decision.similarity))
 
-    async def _claim_person(self, conn, person_id: int) -> int | None:
-        """The person faces for `person_id` go to now (a merge survivor, or None if it was
-        dissolved), locked (FOR NO KEY UPDATE) until the transaction ends."""
-        for _ in range(5):
-            row = await (await conn.execute(queries.persons_claim,
-                                            {"person_id": person_id})).fetchone()
-            if row is None or row[0] == person_id:
-                return row and row[0]
-            person_id = row[0]
-        raise RuntimeError(f"person {person_id}: merged_into chain too long")
-
-    async def _store(self, run: _Run, units: list[_Unit], faces: Sequence[DetectedFace],
+    async def _store(self, run: Run, units: list[_Unit], faces: Sequence[DetectedFace],
                      media: tuple, job_id: int | None) -> None:
         p = self.params
         for unit in units:
@@ -436,10 +337,10 @@ class IdentityMatcher:
             kept: list[np.ndarray] = []
             for index, embedding, lq, neighbours in zip(unit.indices, unit.embeddings,
                                                         unit.low_quality, unit.neighbours):
-                to_person = max((n.similarity for n in neighbours
-                                 if d.state == "assigned" and n.person_id == d.person_id),
-                                default=None)
-                if ((to_person is not None and to_person >= p.duplicate_similarity)
+                nearest = max((n.similarity for n in neighbours
+                               if d.state == "assigned" and n.person_id == d.person_id),
+                              default=None)
+                if ((nearest is not None and nearest >= p.duplicate_similarity)
                         or any(float(embedding @ k) >= p.duplicate_similarity for k in kept)):
                     unit.face_ids.append(None)
                     continue
@@ -456,7 +357,7 @@ class IdentityMatcher:
                     "frame_time": face.frame_time, "track_id": face.track_id,
                     "low_quality": lq, "state": d.state,
                     "assigned_by": "auto" if d.state == "assigned" else None,
-                    "similarity": to_person if to_person is not None else d.similarity,
+                    "similarity": d.similarity,
                     "review_candidates": (Jsonb([asdict(c) for c in d.candidates])
                                           if d.state == "review" else None),
                 })).fetchone()
@@ -465,135 +366,102 @@ class IdentityMatcher:
                 if d.state == "assigned":
                     run.grown.append((row[0], d.person_id, embedding))
             if d.state == "assigned":
-                await self._due(run, d.person_id, [run.media_item_id])
+                await run.make_due(d.person_id, [run.media_item_id])
                 for neighbours in unit.neighbours:
                     for n in neighbours:
-                        _note_pair(run, d.person_id, n)
-
-    async def _due(self, run: _Run, person_id: int, media_item_ids: list[int]) -> None:
-        rows = await (await run.conn.execute(queries.persons_insert_due, {
-            "person_id": person_id, "media_item_ids": sorted(set(media_item_ids))})).fetchall()
-        run.due.extend((r[0], r[1]) for r in rows)
-        run.touched.add(person_id)
-
-    async def _assign(self, run: _Run, person_id: int, members: list[_Member],
-                      similarities: list[float], assigned_by: str) -> None:
-        person_id = await self._claim_person(run.conn, person_id)
-        if person_id is None:
-            return
-        rows = await (await run.conn.execute(queries.persons_assign, {
-            "person_id": person_id, "assigned_by": assigned_by, "from_state": "pending",
-            "face_ids": [m.face_id for m in members],
-            "similarities": [round(float(s), 4) for s in similarities],
-        })).fetchall()
-        if len(rows) != len(members):  # the lock makes this impossible; fail loudly if not
-            raise RuntimeError(f"{len(members) - len(rows)} pending faces changed under the "
-                               f"persons lock while joining person {person_id}")
-        await self._due(run, person_id, [m.media_item_id for m in members])
-        run.grown.extend((m.face_id, person_id, m.embedding) for m in members)
+                        run.note_pair(d.person_id, n)
 
     # --- creating persons ----------------------------------------------------------------------
 
-    async def _seed(self, run: _Run, unit: _Unit) -> None:
-        """Found a person from this pending unit and agreeing pending faces, if enough agree."""
+    async def _seed(self, run: Run, unit: _Unit) -> None:
+        """Found a person from this pending unit and agreeing pending faces (complete linkage),
+        or let the group join the person it already is."""
         conn, p = run.conn, self.params
         stored = [fid for fid in unit.face_ids if fid is not None]
-        own = await self._pending_units(conn, stored)
+        own = await search.pending_units(conn, stored)
         if {m.face_id for m in own} != set(stored):
             return  # a cascade already placed this unit
         lq = dict(zip(unit.face_ids, unit.low_quality))
-        group = [m for m in own if not lq.get(m.face_id, True)]
-        candidates: dict[int, tuple[float, _Member]] = {}
-        for anchor in group:
-            for fid, media_id, track_id, emb, sim in await (await conn.execute(
-                    queries.persons_seed_candidates, {
-                        "embedding": anchor.embedding, "k": p.seed_k,
-                        "min_similarity": p.seed_threshold})).fetchall():
-                if media_id == run.media_item_id or fid in lq:
+        founders = [m for m in own if not lq.get(m.face_id, True)]
+        candidates: dict[int, tuple[float, PendingFace]] = {}
+        for anchor in founders:
+            for sim, c in await search.seed_candidates(conn, anchor.embedding, p.seed_k,
+                                                       p.seed_threshold):
+                if c.media_item_id == run.media_item_id or c.face_id in lq:
                     continue
-                if fid not in candidates or candidates[fid][0] < sim:
-                    candidates[fid] = (sim, _Member(fid, media_id, track_id, emb.to_numpy()))
-        for _, c in sorted(candidates.values(), key=lambda item: -item[0]):
-            if any(g.media_item_id == c.media_item_id and not g.same_track(c) for g in group):
-                continue  # one person per photo / per track of a video
-            if all(float(c.embedding @ g.embedding) >= p.seed_threshold
-                   for g in group if not g.same_track(c)):
-                group.append(c)
-        media = {g.media_item_id for g in group}
-        if _sightings(group, p.duplicate_similarity) < p.min_faces or len(media) < 2:
+                if c.face_id not in candidates or candidates[c.face_id][0] < sim:
+                    candidates[c.face_id] = (sim, c)
+        group = seed_group(founders, list(candidates.values()), self.rules)
+        if group is None:
             return
-        person_id = (await (await conn.execute(queries.persons_create)).fetchone())[0]
         members = {m.face_id: m for m in group}
-        for mate in await self._pending_units(conn, list(members)):
+        for mate in await search.pending_units(conn, list(members)):
             members.setdefault(mate.face_id, mate)  # the rest of the founders' video tracks
-        centre = _unit_vector(np.sum([g.embedding for g in group], axis=0))
         ordered = list(members.values())
-        await self._assign(run, person_id, ordered,
-                           [float(m.embedding @ centre) for m in ordered], "seed")
-        run.created.append(person_id)
-        logger.info("created person %d from %d faces in %d media items", person_id,
-                    len(ordered), len({m.media_item_id for m in ordered}))
+        decision = await self._decide_group(conn, ordered)
+        if decision.state == "review":
+            return  # the group looks like a known person, but not clearly: it waits
+        centre = unit_vector(np.sum([g.embedding for g in group], axis=0))
+        if decision.state == "assigned":
+            person_id = decision.person_id
+            similarities = [decision.similarity] * len(ordered)
+            by = "auto"
+        else:
+            person_id = await run.create_person()
+            similarities = [float(m.embedding @ centre) for m in ordered]
+            by = "seed"
+        joined = await run.assign(person_id, ordered, similarities, by)
+        logger.info("%s person %s with %d faces from %d media items",
+                    "created" if by == "seed" else "grew", joined, len(ordered),
+                    len({m.media_item_id for m in ordered}))
 
-    async def _pending_units(self, conn, face_ids: list[int]) -> list[_Member]:
-        if not face_ids:
-            return []
-        rows = await (await conn.execute(queries.persons_pending_units,
-                                         {"face_ids": face_ids})).fetchall()
-        return [_Member(r[0], r[1], r[2], r[3].to_numpy(), r[4]) for r in rows]
+    async def _decide_group(self, conn, group: list[PendingFace]) -> Decision:
+        """The joining rule for a would-be founding group as one unit."""
+        ids = frozenset(m.face_id for m in group)
+        neighbour_lists = [await self._neighbours(conn, m.embedding, m.media_item_id, ids)
+                           for m in group]
+        excluded: set[int] = set()
+        for media_item_id in {m.media_item_id for m in group}:
+            excluded |= await search.media_persons(conn, media_item_id, sorted(ids))
+        own = await search.rejections(conn, sorted(ids))
+        excluded = excluded.union(*own.values())
+        return await self._decide_unit(conn, [m.embedding for m in group],
+                                       [m.low_quality for m in group], neighbour_lists, excluded)
 
-    async def _cascade(self, run: _Run) -> None:
+    async def _cascade(self, run: Run) -> None:
         """Pending faces near faces that just joined (or founded) a person are decided again."""
         conn, p = run.conn, self.params
         tried: set[tuple] = set()
         while run.grown and len(tried) < p.cascade_limit:
             _face_id, person_id, embedding = run.grown.popleft()
-            for n in await self._knn(conn, embedding, p.suggest_threshold):
-                _note_pair(run, person_id, n)
+            for n in await search.knn(conn, embedding, p.k, p.suggest_threshold):
+                run.note_pair(person_id, n)
                 key = (n.media_item_id, n.track_id) if n.track_id is not None else (n.face_id,)
                 if (n.state != "pending" or key in tried or n.similarity < p.similarity_threshold
                         or len(tried) >= p.cascade_limit):
                     continue
                 tried.add(key)
-                unit = await self._pending_units(conn, [n.face_id])
+                unit = await search.pending_units(conn, [n.face_id])
                 if unit:
                     await self._redecide(run, unit)
 
-    async def _redecide(self, run: _Run, unit: list[_Member]) -> None:
-        """The vote for a stored pending unit (of another media item); joins if clear."""
+    async def _redecide(self, run: Run, unit: list[PendingFace]) -> None:
+        """The joining rule for a stored pending unit (of another media item); joins if clear."""
         conn = run.conn
         media_item_id = unit[0].media_item_id
         ids = [m.face_id for m in unit]
-        neighbour_lists = [[n for n in await self._knn(conn, m.embedding, self.params.suggest_threshold)
-                            if n.media_item_id != media_item_id] for m in unit]
-        taken = {r[0] for r in await (await conn.execute(queries.persons_media_persons, {
-            "media_item_id": media_item_id, "except_ids": ids})).fetchall()}
-        own = await self._rejections(conn, ids)
-        excluded = taken.union(*own.values()) if own else taken
-        rejections = await self._rejections(conn, [n.face_id for ns in neighbour_lists for n in ns])
-        decision = decide(list(zip(self._thresholds([m.low_quality for m in unit]), neighbour_lists)),
-                          self.params, excluded=excluded, vetoed=vetoes(neighbour_lists, rejections))
-        if decision.state != "assigned":
-            return
-        sims = [max((n.similarity for n in ns if n.person_id == decision.person_id),
-                    default=decision.similarity) for ns in neighbour_lists]
-        await self._assign(run, decision.person_id, unit, sims, "auto")
+        neighbour_lists = [await self._neighbours(conn, m.embedding, media_item_id) for m in unit]
+        excluded = await search.media_persons(conn, media_item_id, ids)
+        own = await search.rejections(conn, ids)
+        excluded = excluded.union(*own.values())
+        decision = await self._decide_unit(conn, [m.embedding for m in unit],
+                                           [m.low_quality for m in unit], neighbour_lists, excluded)
+        if decision.state == "assigned":
+            await run.assign(decision.person_id, unit, [decision.similarity] * len(unit), "auto")
 
-    # --- bookkeeping ---------------------------------------------------------------------------
+    # --- outcomes ------------------------------------------------------------------------------
 
-    async def _record_suggestions(self, run: _Run) -> int:
-        made = 0
-        for (a, b), score in sorted(run.pairs.items()):
-            made += len(await (await run.conn.execute(queries.persons_suggest_merge, {
-                "person_a": a, "person_b": b, "score": round(score, 4)})).fetchall())
-        return made
-
-    async def _refresh(self, run: _Run) -> None:
-        for person_id in sorted(run.touched):  # one order everywhere: no deadlocks between workers
-            await run.conn.execute(queries.persons_refresh, {"person_id": person_id})
-        if run.touched:
-            await run.conn.execute(queries.persons_seen, {"person_ids": sorted(run.touched)})
-
-    async def _outcomes(self, run: _Run, units: list[_Unit]) -> list[FaceOutcome]:
+    async def _outcomes(self, run: Run, units: list[_Unit]) -> list[FaceOutcome]:
         stored = [fid for u in units for fid in u.face_ids if fid is not None]
         now = {r[0]: r for r in await (await run.conn.execute(
             queries.persons_face_states, {"face_ids": stored})).fetchall()}
@@ -619,7 +487,7 @@ def _units(faces: Sequence[DetectedFace], params: MatchParams) -> list[_Unit]:
     units: list[_Unit] = []
     by_track: dict[int, _Unit] = {}
     for index, face in enumerate(faces):
-        embedding = _unit_vector(np.asarray(face.embedding, dtype=np.float32))
+        embedding = unit_vector(np.asarray(face.embedding, dtype=np.float32))
         low = float(face.quality) < params.seed_min_quality
         if face.track_id is not None and face.track_id in by_track:
             unit = by_track[face.track_id]
@@ -632,24 +500,3 @@ def _units(faces: Sequence[DetectedFace], params: MatchParams) -> list[_Unit]:
         if face.track_id is not None:
             by_track[face.track_id] = unit
     return units
-
-
-def _note_pair(run: _Run, person_id: int, n: Neighbour) -> None:
-    if n.person_id is None or n.person_id == person_id:
-        return
-    key = (min(person_id, n.person_id), max(person_id, n.person_id))
-    run.pairs[key] = max(run.pairs.get(key, -1.0), n.similarity)
-
-
-def _sightings(group: list[_Member], duplicate_similarity: float) -> int:
-    """Faces in the group, counting near-identical faces of different media items once."""
-    counted: list[_Member] = []
-    for m in group:
-        if not any(c.media_item_id != m.media_item_id
-                   and float(c.embedding @ m.embedding) >= duplicate_similarity for c in counted):
-            counted.append(m)
-    return len(counted)
-
-
-def _unit_vector(v: np.ndarray) -> np.ndarray:
-    return (v / max(float(np.linalg.norm(v)), 1e-12)).astype(np.float32)

@@ -27,6 +27,14 @@ LEFT JOIN telegram_topics t ON t.id = n.topic_id
 WHERE n.similarity >= %(min_similarity)s
 ORDER BY n.similarity DESC;
 
+-- name: persons_views
+-- Persons %(person_ids)s as a whole: face count and mean embedding (average linkage to a person
+-- is a face's dot product with this mean). Reads each person's faces by idx_embeddings_topic.
+SELECT topic_id, count(*), avg(embedding)
+FROM face_embeddings
+WHERE topic_id = ANY(%(person_ids)s::integer[])
+GROUP BY topic_id;
+
 -- name: persons_lock
 -- Serialises person creation and every change to the pending pool (see identity_matcher.py):
 -- held until the transaction ends.
@@ -393,3 +401,20 @@ ALTER SYSTEM SET shared_buffers = %(value)s;
 
 -- name: bench_show_shared_buffers
 SELECT current_setting('shared_buffers');
+
+-- ---------------------------------------------------------------------------------------------
+-- bench/bench_persons.py and tests/test_matcher_scale.py: photos replayed through the matcher.
+
+-- name: bench_insert_media_item
+-- A media item for photo %(message_id)s of chat %(chat_id)s, as the queue makes one.
+INSERT INTO media_items (media_key, media_type, source_chat_id, source_message_id)
+VALUES (%(media_key)s, 'photo', %(chat_id)s, %(message_id)s) RETURNING id;
+
+-- name: bench_face_persons
+-- The person (or NULL) and state of every stored face.
+SELECT id, topic_id, state FROM face_embeddings;
+
+-- name: bench_fast_commit
+-- This session's commits do not wait for the disk (a replay's thousands of small transactions;
+-- the data is thrown away afterwards).
+SELECT set_config('synchronous_commit', 'off', false);

@@ -19,8 +19,7 @@ import pytest
 
 from conftest import FACES_DIR
 from face_engines import box_iou
-from identity_matcher import (Candidate, Decision, IdentityMatcher, MatchParams, Neighbour,
-                              decide, vetoes)
+from identity_matcher import IdentityMatcher, MatchParams
 
 OBAMA_PHOTOS = ["barack_obama_01.jpg", "barack_obama_02.jpg", "barack_obama_03.jpg",
                 "barack_obama_04.jpg", "barack_obama_05_small_face.jpg"]
@@ -33,8 +32,18 @@ _messages = itertools.count(1000)
 # --- helpers (test_persons.py uses them too) -----------------------------------------------------
 
 
+# The behaviour tests below (seeding, joining, review, duplicates, operator facts) were written
+# around these 16 photos, where few faces per person make a loose person: Obama's 01-03 are
+# 0.955 alike on average and barack_obama_04 is 0.914 like them (average linkage). They run at
+# looser numbers than the engine's defaults (join 0.93, seed 0.945, cohesion slack 0.025, which
+# are calibrated on the open set faces-lfw, see media_processor.ENGINES): join 0.91, seed 0.935,
+# slack 0.06 from 3 faces on (01-03 are 0.965 alike, 04 is 0.914 like them). tests/test_matcher_scale.py checks the defaults at scale.
+FIXTURE_THRESHOLDS = {"similarity_threshold": 0.91, "seed_threshold": 0.935, "cohesion_slack": 0.06,
+                      "cohesion_full_size": 3}
+
+
 def dlib_matcher(**overrides) -> IdentityMatcher:
-    return IdentityMatcher(MatchParams.for_engine("dlib", **overrides))
+    return IdentityMatcher(MatchParams.for_engine("dlib", **(FIXTURE_THRESHOLDS | overrides)))
 
 
 async def new_media(pool, media_type: str = "photo") -> int:
@@ -485,62 +494,7 @@ async def test_a_split_person_is_offered_for_merging(pool, obama, biden):
     assert [r[:2] for r in await fetch(pool, "SELECT person_a, person_b FROM merge_suggestions")] == [(a, b)]
 
 
-# --- the vote itself (no database) ---------------------------------------------------------------
-
-
-def n(face_id, person, similarity, state="assigned"):
-    return Neighbour(face_id, person, state, face_id * 10, None, False, similarity)
-
-
-PARAMS = MatchParams.for_engine("insightface")  # join 0.55, margin 0.0225
-
-
-def test_the_majority_of_neighbours_decides_not_the_nearest():
-    neighbours = [n(1, 7, 0.70), n(2, 8, 0.66), n(3, 8, 0.65), n(4, 8, 0.64)]
-    decision = decide([(0.55, neighbours)], PARAMS)
-    # Person 7 has the single nearest face but person 8 has most votes; 7's best beats 8's by
-    # more than the margin, so the face is ambiguous rather than given to either.
-    assert decision.state == "review"
-    assert [c.person_id for c in decision.candidates] == [8, 7]
-
-
-def test_a_clear_majority_joins():
-    neighbours = [n(1, 8, 0.72), n(2, 8, 0.69), n(3, 7, 0.60), n(4, 8, 0.58), n(5, 9, 0.40)]
-    assert decide([(0.55, neighbours)], PARAMS) == Decision(
-        "assigned", 8, 0.72, (Candidate(8, 0.72, 1.99), Candidate(7, 0.6, 0.6)))
-
-
-def test_a_too_close_runner_up_means_review():
-    neighbours = [n(1, 8, 0.72), n(2, 8, 0.69), n(3, 7, 0.71)]
-    assert decide([(0.55, neighbours)], PARAMS).state == "review"
-
-
-def test_neighbours_below_the_threshold_or_pending_do_not_vote():
-    neighbours = [n(1, None, 0.9, "pending"), n(2, 7, 0.54), n(3, None, 0.8, "review")]
-    decision = decide([(0.55, neighbours)], PARAMS)
-    assert decision.state == "pending" and decision.similarity == 0.54
-
-
-def test_excluded_persons_give_way_to_the_next_candidate():
-    neighbours = [n(1, 7, 0.80), n(2, 7, 0.79), n(3, 8, 0.62)]
-    assert decide([(0.55, neighbours)], PARAMS, excluded={7}).person_id == 8
-    assert decide([(0.55, neighbours)], PARAMS, excluded={7, 8}).state == "pending"
-
-
-def test_a_rejected_look_alike_vetoes_its_person():
-    # Face 1 was moved out of person 7 by the operator and is the closest thing to this face.
-    neighbours = [n(1, None, 0.95, "pending"), n(2, 7, 0.70), n(3, 7, 0.69)]
-    vetoed = vetoes([neighbours], {1: {7}})
-    assert vetoed == {7}
-    assert decide([(0.55, neighbours)], PARAMS, vetoed=vetoed).state == "review"
-    # A rejected face farther away than the person's own faces says nothing.
-    assert vetoes([[n(2, 7, 0.70), n(1, None, 0.60, "pending")]], {1: {7}}) == set()
-
-
-def test_the_faces_of_a_track_vote_together():
-    track = [(0.55, [n(1, 7, 0.60)]), (0.55, [n(2, 8, 0.70), n(3, 8, 0.68)]),
-             (0.55, [n(4, 8, 0.66)])]
-    assert decide(track, PARAMS).person_id == 8
+# The rules themselves, on numbers: tests/test_match_rules.py.
 
 
 # --- parameters ----------------------------------------------------------------------------------
@@ -549,12 +503,12 @@ def test_the_faces_of_a_track_vote_together():
 def test_params_come_from_settings_or_the_engine(clean_env):
     from config import load_settings
     params = MatchParams.from_settings(load_settings(env_file=None, face_engine="dlib"))
-    assert (params.similarity_threshold, params.seed_threshold, params.min_faces) == (0.92, 0.935, 3)
+    assert (params.similarity_threshold, params.seed_threshold, params.min_faces) == (0.93, 0.945, 3)
     params = MatchParams.from_settings(load_settings(
         env_file=None, face_engine="insightface", similarity_threshold=0.6, min_faces_for_person=4))
     # The seed threshold is never below the join threshold.
     assert (params.similarity_threshold, params.seed_threshold, params.min_faces) == (0.6, 0.6, 4)
-    assert params.margin == pytest.approx(0.02) and params.duplicate_similarity == 0.98
+    assert params.margin == pytest.approx(0.04) and params.duplicate_similarity == 0.98
 
 
 async def test_an_unknown_media_item_is_an_error(pool, obama):

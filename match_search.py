@@ -1,0 +1,73 @@
+"""What the matcher reads from the database: neighbours, persons as a whole, operator facts.
+
+Every function takes the caller's connection (the matcher's transaction) and returns plain
+data for match_rules.py. The k-NN search is pgvector's HNSW index (`persons_knn`: top-k first,
+then the similarity filter); a person is seen as a whole through its face count and mean
+embedding (`persons_views`, computed from its faces, so no cached centroid can go stale when
+the operator moves, merges or dismisses faces).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from database import queries
+from match_rules import Neighbour, PendingFace, PersonView
+
+if TYPE_CHECKING:
+    import psycopg
+
+
+async def knn(conn: psycopg.AsyncConnection, embedding: np.ndarray, k: int,
+              min_similarity: float) -> list[Neighbour]:
+    """The `k` stored faces nearest to `embedding`, those at least `min_similarity` alike."""
+    rows = await (await conn.execute(queries.persons_knn, {
+        "embedding": embedding, "k": k, "min_similarity": min_similarity})).fetchall()
+    return [Neighbour(r[0], r[6] if r[1] == "assigned" else None, r[1], r[2], r[3], r[4],
+                      float(r[5])) for r in rows]
+
+
+async def person_views(conn: psycopg.AsyncConnection,
+                       person_ids: set[int]) -> dict[int, PersonView]:
+    """Face count and mean embedding of each person (ids already followed through merges)."""
+    if not person_ids:
+        return {}
+    rows = await (await conn.execute(queries.persons_views,
+                                     {"person_ids": sorted(person_ids)})).fetchall()
+    return {r[0]: PersonView(r[0], int(r[1]), r[2].to_numpy().astype(np.float32)) for r in rows}
+
+
+async def rejections(conn: psycopg.AsyncConnection, face_ids: list[int]) -> dict[int, set[int]]:
+    """The operator's "not this person" facts about these faces: {face: {persons}}."""
+    found: dict[int, set[int]] = {}
+    if face_ids:
+        for face_id, person_id in await (await conn.execute(
+                queries.persons_rejections, {"face_ids": face_ids})).fetchall():
+            found.setdefault(face_id, set()).add(person_id)
+    return found
+
+
+async def media_persons(conn: psycopg.AsyncConnection, media_item_id: int,
+                        except_ids: list[int]) -> set[int]:
+    """Persons that already have a face in the media item, other than the faces `except_ids`."""
+    return {r[0] for r in await (await conn.execute(queries.persons_media_persons, {
+        "media_item_id": media_item_id, "except_ids": except_ids})).fetchall()}
+
+
+async def pending_units(conn: psycopg.AsyncConnection, face_ids: list[int]) -> list[PendingFace]:
+    """The pending faces of the units (photo face, or video track) of these faces."""
+    if not face_ids:
+        return []
+    rows = await (await conn.execute(queries.persons_pending_units,
+                                     {"face_ids": face_ids})).fetchall()
+    return [PendingFace(r[0], r[1], r[2], r[3].to_numpy(), r[4]) for r in rows]
+
+
+async def seed_candidates(conn: psycopg.AsyncConnection, embedding: np.ndarray, k: int,
+                          min_similarity: float) -> list[tuple[float, PendingFace]]:
+    """Good pending faces among the `k` nearest, at least `min_similarity` alike."""
+    rows = await (await conn.execute(queries.persons_seed_candidates, {
+        "embedding": embedding, "k": k, "min_similarity": min_similarity})).fetchall()
+    return [(float(r[4]), PendingFace(r[0], r[1], r[2], r[3].to_numpy())) for r in rows]
