@@ -27,7 +27,9 @@ from fake_telegram import FakeWorld
 from test_daemon_workers import Daemon, process_gone, wait_until
 
 PHONE = "+15550001"
-OBAMA = ["barack_obama_01.jpg", "barack_obama_02.jpg", "barack_obama_03.jpg", "barack_obama_04.jpg"]
+# barack_obama_04 is left out: its face is 0.91 like his others (dlib), below the join threshold
+# calibrated on faces-lfw (0.93), so it rightly waits in the pending pool (test_import covers it).
+OBAMA = ["barack_obama_01.jpg", "barack_obama_03.jpg", "barack_obama_02.jpg"]
 BIDEN = ["joe_biden_01.jpg", "joe_biden_02.jpg", "joe_biden_03.jpg"]
 BOTH = "group_obama_biden_composite.jpg"
 NOBODY = ["kamala_harris_01.jpg", "noface_cat.png"]   # seen once, or no face at all
@@ -129,20 +131,20 @@ def daemons():
 
 
 def test_history_and_live_messages_end_up_in_the_persons_topics(tmp_path, db, faces_dir, daemons):
-    w = World(tmp_path, faces_dir, db, OBAMA[:3] + BIDEN + [BOTH] + NOBODY)
+    w = World(tmp_path, faces_dir, db, OBAMA[:2] + BIDEN + [BOTH] + NOBODY)
     d = Daemon(tmp_path, db, "run", env=w.env)
     health = [sys.executable, str(ROOT / "main.py"), "--env-file", str(tmp_path / "none.env"), "health"]
     daemons.append(d.start())
     wait_until(w.settled, daemons=[d], timeout=120)
     # While it runs: a new photo arrives (live), and an old one is forwarded to another chat.
-    w.post(w.chat, OBAMA[3])
+    w.post(w.chat, OBAMA[2])
     other = w.world.add_chat("Friends", kind="supergroup", members=[PHONE])
     with psycopg.connect(db) as conn:
         conn.execute("INSERT INTO scan_checkpoints (account_id, chat_id, chat_title, chat_type) "
                      "SELECT id, %s, 'Friends', 'supergroup' FROM telegram_accounts", (other,))
     first = next(m for (c, m), n in w.files.items() if n == OBAMA[0])
     w.files[(other, w.world.forward(w.chat, first, other))] = OBAMA[0]
-    wait_until(lambda: w.settled() and OBAMA[3] in sum(w.hub_content().values(), []), daemons=[d], timeout=60)
+    wait_until(lambda: w.settled() and OBAMA[2] in sum(w.hub_content().values(), []), daemons=[d], timeout=60)
     assert subprocess.run(health, cwd=tmp_path, env=d.env, capture_output=True).returncode == 0
     code, took = d.stop(signal.SIGTERM)
     assert code == 0 and took < 30, d.text()[-3000:]
@@ -181,7 +183,7 @@ def test_the_database_restarting_under_the_daemon_is_survived(tmp_path, faces_di
         db = psycopg.conninfo.make_conninfo(admin, dbname="fa")
         database.migrate(db)
         database.ensure_engine(db, "dlib", 128)
-        w = World(tmp_path, faces_dir, db, OBAMA[:3] + BIDEN + [BOTH])
+        w = World(tmp_path, faces_dir, db, OBAMA[:2] + BIDEN + [BOTH])
         d = Daemon(tmp_path, db, "run", env=w.env | {"NUM_WORKERS": "1"})
         daemons.append(d.start())
         d.wait_log(r"job \d+ .*: done", timeout=60)
@@ -189,7 +191,7 @@ def test_the_database_restarting_under_the_daemon_is_survived(tmp_path, faces_di
         time.sleep(4)                                     # longer than a lease
         assert d.proc.poll() is None, d.text()[-3000:]
         pg_ctl_start(server)
-        w.post(w.chat, OBAMA[3])                          # and life goes on
+        w.post(w.chat, OBAMA[2])                          # and life goes on
         wait_until(w.settled, daemons=[d], timeout=120)
         assert d.stop()[0] == 0
         assert re.search(r"database is unavailable|error connecting", d.text())   # it did see the outage
@@ -208,7 +210,7 @@ def test_a_telegram_outage_is_reported_while_it_lasts_and_loses_nothing(tmp_path
     """The network goes away under the running daemon: `main.py health` says so once it has lasted
     HEALTH_OUTAGE_SECONDS, and is healthy again after; the photos posted meanwhile (their live
     updates lost, as Telegram loses them for an offline client) are found and posted, once."""
-    w = World(tmp_path, faces_dir, db, OBAMA[:3] + BIDEN)
+    w = World(tmp_path, faces_dir, db, OBAMA[:2] + BIDEN)
     d = Daemon(tmp_path, db, "run", env=w.env | {"HEALTH_OUTAGE_SECONDS": "10"})
     command = [sys.executable, str(ROOT / "main.py"), "--env-file", str(tmp_path / "none.env"), "health"]
 
@@ -219,7 +221,7 @@ def test_a_telegram_outage_is_reported_while_it_lasts_and_loses_nothing(tmp_path
     wait_until(w.settled, daemons=[d], timeout=120)
     wait_until(lambda: health().returncode == 0, daemons=[d], timeout=30)
     w.world.set_online(PHONE, False)
-    w.post(w.chat, OBAMA[3])
+    w.post(w.chat, OBAMA[2])
     w.post(w.chat, BOTH)
     time.sleep(5)
     assert health().returncode == 0                         # a short cut is not (yet) a problem
