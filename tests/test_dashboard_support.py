@@ -10,7 +10,9 @@ three imports, as an operator might have lived it:
 
 1. "Family photos": four photos of Obama, under a cautious setting (join only near-identical
    faces, MIN_FACES_FOR_PERSON=2): Obama comes out as two persons, offered as a merge suggestion;
-2. "News pictures": the other photos and a corrupt file, with the default dlib settings: Biden
+2. "News pictures": the other photos and a corrupt file, at the thresholds the matcher's behaviour
+   tests use for these 16 photos (test_identity_matcher.FIXTURE_THRESHOLDS; at the defaults
+   calibrated on faces-lfw, barack_obama_04 rightly waits pending): Biden
    becomes a person, barack_obama_04 joins one of the Obama persons, strangers wait in the
    pending pool, the corrupt file is an error;
 3. the operator says barack_obama_04's face is not that person (persons.unassign_faces), and a
@@ -41,6 +43,7 @@ import exports
 import persons
 from conftest import FACES_DIR, create_database
 from identity_matcher import IdentityMatcher, MatchParams
+from test_identity_matcher import FIXTURE_THRESHOLDS
 from media_processor import MediaError
 from processing_queue import JobQueue, RetryPolicy, WorkerConfig, WorkerPool
 
@@ -135,7 +138,7 @@ async def build(admin_conninfo: str, template: str, analysed_faces: dict, proces
     analyser = CachedAnalyser(analysed_faces, processor)
     cautious = IdentityMatcher(dataclasses.replace(
         MatchParams.for_engine("dlib", min_faces=2), similarity_threshold=0.99, low_quality_threshold=0.995))
-    default = IdentityMatcher(MatchParams.for_engine("dlib"))
+    default = IdentityMatcher(MatchParams.for_engine("dlib", **FIXTURE_THRESHOLDS))
     pool = database.async_pool(conninfo, min_size=1, max_size=3)
     await pool.open(wait=True)
     try:
