@@ -65,8 +65,8 @@ def test_random_faults_lose_nothing_and_post_nothing_twice(tmp_path, faces_dir, 
         db = psycopg.conninfo.make_conninfo(admin, dbname="fa")
         database.migrate(db)
         database.ensure_engine(db, "dlib", 128)
-        w = World(tmp_path, faces_dir, db, OBAMA[:3] + BIDEN[:2] + NOBODY)
-        live = [OBAMA[3], BIDEN[2], BOTH]
+        w = World(tmp_path, faces_dir, db, OBAMA[:2] + BIDEN[:2] + NOBODY)
+        live = [OBAMA[2], BIDEN[2], BOTH]
         corrupt = tmp_path / "corrupt.mp4"                 # a poison video: an mp4 header, then noise
         corrupt.write_bytes(b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom" + random.Random(SEED).randbytes(4000))
         d = Daemon(tmp_path, db, "run", env=w.env | {"NUM_WORKERS": "1", "HEALTH_OUTAGE_SECONDS": "10"})
