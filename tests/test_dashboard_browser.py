@@ -370,7 +370,8 @@ def test_a_strangers_chat_title_and_names_stay_text_in_the_browser(dashboard_url
                        f"{len(path)})='/{path}']")
         settle(browser)
         if path == "errors":   # the error's context, its expander label holding the file name
-            click(browser, "//*[@data-testid='stExpander']//summary")
+            # (the first expander is the open "Failed for good" one with its retry buttons)
+            click(browser, "//*[@data-testid='stExpander']//summary[contains(., 'corrupt')]")
             settle(browser)
         if path == "gallery":  # the tiles, each linking to its person by name
             wait_for(browser, f"//*[@data-testid='stPageLink']//*[{text('**bold**')}]")
