@@ -27,6 +27,10 @@ from fake_telegram import FakeWorld
 from test_daemon_workers import Daemon, process_gone, wait_until
 
 PHONE = "+15550001"
+# joe_biden_01 and _03 are 0.945 alike (dlib), exactly the seeding threshold calibrated on
+# faces-lfw: whether Biden is founded would hang on the order the photos are analysed in. The
+# daemon tests are about posting exactly once, not calibration (test_matcher_scale).
+PHOTOS_ENV = {"SEED_SIMILARITY_THRESHOLD": "0.935"}
 # barack_obama_04 is left out: its face is 0.91 like his others (dlib), below the join threshold
 # calibrated on faces-lfw (0.93), so it rightly waits in the pending pool (test_import covers it).
 OBAMA = ["barack_obama_01.jpg", "barack_obama_03.jpg", "barack_obama_02.jpg"]
@@ -55,11 +59,7 @@ class World:
                          "VALUES (%s, %s, 'Family', 'supergroup')", (account, self.chat))
         self.env = {"TG_API_ID": "12345", "TG_API_HASH": "0123456789abcdef0123456789abcdef",
                     "HUB_GROUP_ID": str(self.hub), "FLOOD_SLEEP_THRESHOLD": "0", "HUB_POSTS_PER_MINUTE": "60",
-                    "FA_FAKE_TELEGRAM": str(self.world.path),
-                    # joe_biden_01 and _03 are 0.945 alike (dlib), exactly the seeding threshold
-                    # calibrated on faces-lfw: whether Biden is founded would hang on the order the
-                    # photos are analysed in. These tests are about the daemon, not calibration.
-                    "SEED_SIMILARITY_THRESHOLD": "0.935"}
+                    "FA_FAKE_TELEGRAM": str(self.world.path)} | PHOTOS_ENV
 
     def post(self, chat: int, name: str, *, deliver: bool = True) -> int:
         message_id = self.world.post(chat, self.world.photo(self.faces_dir / name), text=name, deliver=deliver)

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import os
 import random
-import subprocess
 import time
 from collections import Counter
 
 import psycopg
 
 import database
+from conftest import pg_ctl, pg_ctl_start
 from test_daemon import BIDEN, BOTH, NOBODY, OBAMA, PHONE, World, assert_posted_exactly_once  # noqa: F401
 from test_daemon import daemons  # noqa: F401
 from test_daemon_workers import Daemon, wait_until
@@ -32,25 +32,19 @@ class Server:
     """A PostgreSQL server of the test's own, to stop and start under the daemon."""
 
     def __init__(self, pgdata):
-        import pgserver
         self.pgdata = pgdata
-        self.server = pgserver.get_server(pgdata, cleanup_mode="delete")
-
-    def _ctl(self, *args, **kwargs):
-        from pgserver import _commands
-        return _commands.pg_ctl(list(args), pgdata=self.pgdata, user=self.server.system_user, **kwargs)
+        self.server = database.embedded_server(pgdata, cleanup_mode="delete")
 
     def stop(self) -> None:
-        self._ctl("-w", "-m", "fast", "stop")
+        pg_ctl(self.server, "-w", "-m", "fast", "stop")
 
     def start(self) -> None:
-        self._ctl("-w", "-o", '-h ""', "-o", f"-k {self.pgdata}", "-l", str(self.pgdata / "log"), "start",
-                  timeout=30)
+        pg_ctl_start(self.server)
 
     def close(self) -> None:
         try:
-            self._ctl("-w", "-m", "immediate", "stop")
-        except subprocess.CalledProcessError:
+            pg_ctl(self.server, "-w", "-m", "immediate", "stop")
+        except Exception:  # already stopped
             pass
         self.server.cleanup()
 

@@ -18,7 +18,7 @@ import pytest
 
 from telegram_server import TelegramServer
 from telegram_wire import serve
-from test_daemon import BIDEN, BOTH, NOBODY, OBAMA, db, daemons  # noqa: F401  (fixtures)
+from test_daemon import BIDEN, BOTH, NOBODY, OBAMA, PHOTOS_ENV, db, daemons  # noqa: F401  (fixtures)
 from test_daemon_workers import Daemon, process_gone, wait_until
 
 PHONE = "+15550001"
@@ -53,7 +53,7 @@ class ServedWorld:
                          "VALUES (%s, %s, 'Family', 'supergroup')", (account, self.chat))
         self.env = {"TG_API_ID": "12345", "TG_API_HASH": "0123456789abcdef0123456789abcdef",
                     "HUB_GROUP_ID": str(self.hub), "FLOOD_SLEEP_THRESHOLD": "0", "HUB_POSTS_PER_MINUTE": "60",
-                    "FA_TELEGRAM_SERVER": str(self.socket)}
+                    "FA_TELEGRAM_SERVER": str(self.socket)} | PHOTOS_ENV
 
     def call(self, fn, *args, **kwargs):
         """Run `fn` (a function or a coroutine function) in the server's loop; its result."""
