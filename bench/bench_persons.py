@@ -9,8 +9,8 @@ replayed: the printout says so). Faces below MIN_QUALITY_THRESHOLD (0.5) are dro
 daemon drops them. In each order (a seeded shuffle of the photos; the first N of it) every photo
 becomes a media item whose faces go through `IdentityMatcher.assign` in one transaction each,
 with the engine's default parameters (MatchParams.from_settings), on a fresh database of an
-embedded PostgreSQL (pgserver, in a temporary directory, as tests/conftest.py). Printed per
-order: pairwise precision (all photos; a photo's person is that of its centred, labelled face)
+embedded PostgreSQL (database.embedded_server, in a temporary directory, as tests/conftest.py).
+Printed per order: pairwise precision (all photos; a photo's person is that of its centred, labelled face)
 and recall (over identities with >= 3 photos, and for frequent (>= 10) and occasional (3-9)
 people), persons made and the largest one's purity, faces pending / in review, the strangers'
 faces left out of every person, photos per second and the matching time against the analysis
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--npz", type=Path, default=Path("/work/tmp/lfw/lfw_dlib.npz"))
     parser.add_argument("--photos", type=int, default=None, help="default: all")
     parser.add_argument("--orders", default="1,2,3", help="shuffle seeds, comma-separated")
-    parser.add_argument("--lfw", type=Path, default=ROOT.parent.parent / "shared" / "faces-lfw")
+    parser.add_argument("--lfw", type=Path, default=ROOT.parent / "shared" / "faces-lfw")
     parser.add_argument("--analysis-sample", type=int, default=50,
                         help="photos analysed now, to compare matching with analysis under the "
                              "same machine load (0: only the stored analysis times)")
@@ -117,8 +117,7 @@ def main(argv: list[str] | None = None) -> int:
               f"photos): {now_ms:.0f} ms/photo", flush=True)
     base = Path(tempfile.mkdtemp(prefix="fa-bench-persons-"))
     os.chmod(base, 0o755)
-    import pgserver
-    server = pgserver.get_server(base / "pgdata", cleanup_mode="delete")
+    server = database.embedded_server(base / "pgdata", cleanup_mode="delete")
     try:
         admin = server.get_uri("postgres")
         for seed in [int(s) for s in args.orders.split(",")]:
