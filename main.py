@@ -36,9 +36,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
-import os
 import signal
 import sys
 import time
@@ -47,11 +45,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psycopg
-
 import config
 import database
+import maintenance_commands
+import operator_commands
 from commands import python_command
+from maintenance_commands import engine_dimension
+from supervisor import Component, Shutdown, Tuning, run_components
 
 logger = logging.getLogger("face_archiver")
 
@@ -60,130 +60,10 @@ EXIT_FAILURE = 1
 EXIT_CONFIG = 2
 
 ROLES = ("all", "scanner", "worker", "uploader")
-HEARTBEAT_FILE = "heartbeat"
-
-
-def _engine_dimension(engine: str) -> int:
-    from media_processor import ENGINES
-    return ENGINES[engine].dimension
-
-
-# --------------------------------------------------------------------------------------------
-# check, reindex, health
-
-
-def cmd_check(settings: config.Settings, env_file: str) -> int:
-    """What `run` needs, in the order it needs it, every problem said at once (exit 2 if any):
-    the settings (already valid here: `main` refused them otherwise), the database (reached or
-    started, migrated), the face engine's weights and whether the stored faces are that engine's,
-    then Telegram. Changes nothing but the schema: a daemon running meanwhile is not disturbed."""
-    problems: list[str] = []
-    source = env_file if Path(env_file).is_file() else f"the environment and defaults (no {env_file})"
-    print(f"settings:       valid (read from {source})")
-    try:
-        prepared = database.prepare(settings)
-    except database.DatabaseError as exc:
-        print(f"database:       {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    print(f"database:       {prepared.server.location}")
-    print(f"schema version: {prepared.schema_version} (latest {database.latest_version()})")
-    engine = settings.face_engine
-    weights = engine_weights_problem(settings)
-    print(f"face engine:    {engine}: " + ("weights missing" if weights else "weights present")
-          + (f" (MODELS_DIR {settings.models_path})" if engine == "insightface" else ""))
-    if weights:
-        problems.append(f"FACE_ENGINE={engine}: {weights}")
-    with psycopg.connect(prepared.server.conninfo) as conn:
-        mismatch = database.engine_problem(conn, engine, _engine_dimension(engine))
-        faces = conn.execute("SELECT count(*) FROM face_embeddings").fetchone()[0]
-    if prepared.engine and faces:
-        print(f"stored faces:   {faces:,}, made by {prepared.engine.engine} ({prepared.engine.dimension}-d)")
-    else:
-        print("stored faces:   none yet (any engine can be chosen until the first face is stored)")
-    if mismatch:
-        problems.append(mismatch)
-    python = python_command()
-    if settings.telegram_configured:
-        print("telegram api:   configured")
-    else:
-        print("telegram api:   not configured: `run` needs TG_API_ID and TG_API_HASH from "
-              "https://my.telegram.org/apps (not needed for `import`)")
-    hub = settings.hub_group_id if settings.hub_group_id is not None else "not set (posts wait in the outbox)"
-    print(f"hub group:      {hub}")
-    if problems:
-        print(f"\n{len(problems)} problem(s) to fix before `{python} main.py run` or `import`:", file=sys.stderr)
-        for problem in problems:
-            print(f"  - {problem}", file=sys.stderr)
-        return EXIT_CONFIG
-    print("ok")
-    return EXIT_OK
-
-
-def engine_weights_problem(settings: config.Settings) -> str | None:
-    """Why the configured face engine cannot load here (its weights are missing), or None.
-    Looks for the files only: loading the models takes seconds and a lot of memory."""
-    from face_engines import ModelUnavailableError, find_insightface_models
-
-    if settings.face_engine != "insightface":
-        return None
-    try:
-        find_insightface_models(settings.models_path)
-    except ModelUnavailableError as exc:
-        return str(exc)
-    return None
-
-
-def cmd_reindex(settings: config.Settings, engine: str) -> int:
-    """Forget all stored faces and queue every media item again for `engine`."""
-    try:
-        prepared = database.prepare(settings)
-        jobs = database.reindex(prepared.server.conninfo, engine, _engine_dimension(engine))
-    except database.DatabaseError as exc:
-        print(f"database: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    print(f"re-indexed for {engine}: {jobs} jobs queued again. Set FACE_ENGINE={engine} and start the daemon.")
-    return EXIT_OK
-
-
-def heartbeat_path(settings: config.Settings) -> Path:
-    return settings.data_dir / HEARTBEAT_FILE
-
-
-def cmd_health(settings: config.Settings, max_age: float) -> int:
-    """Exit 0 if a daemon touched DATA_DIR/heartbeat in the last `max_age` seconds and what it saw
-    is well (health.py: Telegram and the database reachable, the queue moving, posts going out)."""
-    import health
-
-    path = heartbeat_path(settings)
-    found = health.read_problems(path, settings, max_age=max_age)
-    for problem in found:
-        print(f"unhealthy: {problem}")
-    if found:
-        return EXIT_FAILURE
-    print(f"healthy: heartbeat {time.time() - path.stat().st_mtime:.0f} s ago")
-    return EXIT_OK
 
 
 # --------------------------------------------------------------------------------------------
 # Shared construction
-
-
-@dataclass
-class Tuning:
-    """Timings of the daemon. The defaults are for production; tests (through
-    tests/daemon_launcher.py) shorten them so that kills and restarts resolve in seconds."""
-
-    lease_seconds: float = 60.0        # a dead process's jobs come back after this
-    grace: float = 20.0                # running jobs get this long to finish on SIGTERM
-    stop_deadline: float = 27.0        # everything is stopped by then (Docker waits 30 s)
-    poll_interval: float = 2.0
-    metrics_interval: float = 60.0
-    heartbeat_interval: float = 15.0   # DATA_DIR/heartbeat is touched this often
-    update_check_interval: float = 5.0
-    restart_delay: float = 2.0         # first wait before restarting a component after a database outage
-    retry_backoff: float = 30.0        # the retry policy's first backoff (and an outage's wait)
-    download_timeout: float = 1800.0   # a download that hangs longer is a failed attempt
-    startup_db_wait: float = 300.0     # at start, wait this long for a database that is not up yet
 
 
 @dataclass
@@ -233,7 +113,7 @@ def worker_config(settings: config.Settings, tuning: Tuning, **changes: Any):
 
 def prepare_database(settings: config.Settings) -> database.Prepared:
     return database.prepare(settings, engine=settings.face_engine,
-                            dimension=_engine_dimension(settings.face_engine))
+                            dimension=engine_dimension(settings.face_engine))
 
 
 # --------------------------------------------------------------------------------------------
@@ -293,147 +173,6 @@ async def _import(settings: config.Settings, prepared: database.Prepared, conten
 # The daemon
 
 
-class Shutdown:
-    """Why and when the daemon stops: a signal, the update flag, or a component's failure."""
-
-    def __init__(self) -> None:
-        self.requested = asyncio.Event()
-        self.hurry = asyncio.Event()   # a second signal: don't wait for running jobs
-        self.reason = ""
-        self.update = False
-
-    def request(self, reason: str, *, update: bool = False) -> None:
-        if not self.requested.is_set():
-            self.reason = reason
-            self.update = update
-            logger.info("stopping: %s (running jobs get a few seconds to finish; signal again to "
-                        "hand them back at once)", reason)
-            self.requested.set()
-        elif not update and not self.hurry.is_set():
-            logger.info("stopping now: %s again", reason)
-            self.hurry.set()
-
-
-@dataclass
-class Component:
-    """A long-lived part of the daemon, run as one named, supervised task.
-
-    `run()` works until `stop()` is called, then returns. If it raises a database-unavailable
-    error and `restartable`, it is started again after a pause (the database restarted under
-    us); any other error, or returning while the daemon is not stopping, stops the daemon.
-    """
-
-    name: str
-    run: Callable[[], Awaitable[None]]
-    stop: Callable[[], None]
-    restartable: bool = True
-
-
-class ComponentFailed(Exception):
-    """A component stopped by itself; the daemon stops with it."""
-
-
-def _database_went_away(exc: BaseException, unavailable: tuple[type[BaseException], ...]) -> bool:
-    """`exc` is the database going away, also when a component's task group wrapped it."""
-    if isinstance(exc, BaseExceptionGroup):
-        return all(_database_went_away(e, unavailable) for e in exc.exceptions)
-    return isinstance(exc, unavailable)
-
-
-async def supervise(component: Component, shutdown: Shutdown, tuning: Tuning) -> None:
-    from processing_queue import DB_UNAVAILABLE
-
-    delay = tuning.restart_delay
-    while True:
-        try:
-            await component.run()
-        except Exception as exc:
-            if not _database_went_away(exc, DB_UNAVAILABLE):
-                raise ComponentFailed(f"{component.name} failed: {type(exc).__name__}: {exc}") from exc
-            if not component.restartable or shutdown.requested.is_set():
-                raise
-            while isinstance(exc, BaseExceptionGroup):   # a component's own task group: its first leaf
-                exc = exc.exceptions[0]
-            logger.warning("%s: the database is unavailable (%s); restarting it in %.0f s",
-                           component.name, str(exc).strip().splitlines()[0] if str(exc).strip() else exc, delay)
-            try:
-                await asyncio.wait_for(shutdown.requested.wait(), delay)
-                return
-            except TimeoutError:
-                delay = min(delay * 2, 60.0)
-                continue
-        if shutdown.requested.is_set():
-            return
-        raise ComponentFailed(f"{component.name} stopped by itself")
-
-
-async def control(components: list[Component], shutdown: Shutdown, settings: config.Settings,
-                  role: str, tuning: Tuning, tasks: dict[str, asyncio.Task], watch=None) -> None:
-    """The daemon's own loop: heartbeat file (with what `watch`, a health.HealthWatch, sees), update
-    flag; on shutdown, stop the components and make sure they are gone by the deadline."""
-    from update_handler import UpdateFlag
-
-    flag = UpdateFlag(settings.update_flag_path)
-    beat = heartbeat_path(settings)
-    next_beat = next_flag = 0.0
-    while not shutdown.requested.is_set():
-        now = time.monotonic()
-        if now >= next_beat:
-            touch_heartbeat(beat, role, await _health_facts(watch))
-            next_beat = now + tuning.heartbeat_interval
-        if now >= next_flag:
-            if flag.is_set():  # a safe point: nothing is half-done between these checks
-                shutdown.request(flag.describe(), update=True)
-                break
-            next_flag = now + tuning.update_check_interval
-        try:
-            await asyncio.wait_for(shutdown.requested.wait(), min(tuning.heartbeat_interval,
-                                                                  tuning.update_check_interval))
-        except TimeoutError:
-            pass
-    started = time.monotonic()
-    for component in components:
-        component.stop()
-    others = [t for name, t in tasks.items() if name != "control"]
-    hurry = asyncio.create_task(shutdown.hurry.wait(), name="hurry")
-    deadline = started + tuning.stop_deadline
-    while not hurry.done() and (running := [t for t in others if not t.done()]):
-        if time.monotonic() >= deadline:
-            break
-        await asyncio.wait([*running, hurry], timeout=deadline - time.monotonic(),
-                           return_when=asyncio.FIRST_COMPLETED)
-    hurry.cancel()
-    pending = [t for t in others if not t.done()]
-    for task in pending:
-        logger.warning("%s did not stop in time; cancelling it", task.get_name())
-        task.cancel()
-    if pending:
-        await asyncio.wait(pending, timeout=2)
-    logger.info("all components stopped in %.1f s", time.monotonic() - started)
-    if shutdown.update:
-        flag.clear()
-
-
-async def _health_facts(watch) -> dict[str, Any] | None:
-    if watch is None:
-        return None
-    try:
-        return await asyncio.wait_for(watch.facts(), 5.0)
-    except TimeoutError:
-        return {"started": watch.started, "database_unreachable_since": time.time()}
-
-
-def touch_heartbeat(path: Path, role: str, facts: dict[str, Any] | None = None) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + f".{os.getpid()}")
-        tmp.write_text(json.dumps({"pid": os.getpid(), "role": role, "at": time.time(), "facts": facts},
-                                  default=str))
-        os.replace(tmp, path)
-    except OSError as exc:
-        logger.warning("cannot write the heartbeat file %s (%s): the health check will fail", path, exc)
-
-
 async def build_components(settings: config.Settings, role: str, pool, conninfo: str, hooks: Hooks,
                            cleanup: list[Callable[[], Awaitable[None] | None]],
                            shutdown: Shutdown, watch=None) -> list[Component]:
@@ -472,30 +211,6 @@ async def build_components(settings: config.Settings, role: str, pool, conninfo:
     retention = Retention(pool, RetentionSettings.from_settings(settings))
     components.append(Component("retention", retention.run, retention.stop))
     return components
-
-
-async def run_components(components: list[Component], shutdown: Shutdown, settings: config.Settings,
-                         role: str, tuning: Tuning, watch=None) -> int:
-    """Run every component as a named task until shutdown; one failing stops them all (exit 1)."""
-    tasks: dict[str, asyncio.Task] = {}
-    code = EXIT_OK
-    try:
-        async with asyncio.TaskGroup() as tg:
-            for component in components:
-                tasks[component.name] = tg.create_task(supervise(component, shutdown, tuning),
-                                                       name=component.name)
-            tasks["control"] = tg.create_task(
-                control(components, shutdown, settings, role, tuning, tasks, watch), name="control")
-            logger.info("running: %s", ", ".join(tasks))
-    except* ComponentFailed as group:
-        for exc in group.exceptions:
-            logger.error("the daemon stops because %s", exc, exc_info=exc.__cause__)
-        code = EXIT_FAILURE
-    except* Exception as group:
-        for exc in group.exceptions:
-            logger.error("the daemon stops because of an unexpected error", exc_info=exc)
-        code = EXIT_FAILURE
-    return code
 
 
 async def start_telegram(settings: config.Settings, role: str, pool, hooks: Hooks):
@@ -657,7 +372,6 @@ def build_parser() -> argparse.ArgumentParser:
     reindex.add_argument("--engine", required=True, choices=["insightface", "dlib"])
     health = sub.add_parser("health", help="exit 0 if the daemon's heartbeat is fresh (for Docker)")
     health.add_argument("--max-age", type=float, default=90.0, help="seconds (default 90)")
-    import operator_commands
     operator_commands.add_parsers(sub)
     return parser
 
@@ -673,12 +387,11 @@ def main(argv: list[str] | None = None, hooks: Hooks | None = None) -> int:
     logging.basicConfig(level=settings.log_level,
                         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
     if args.command == "check":
-        return cmd_check(settings, args.env_file)
+        return maintenance_commands.cmd_check(settings, args.env_file)
     if args.command == "reindex":
-        return cmd_reindex(settings, args.engine)
+        return maintenance_commands.cmd_reindex(settings, args.engine)
     if args.command == "health":
-        return cmd_health(settings, args.max_age)
-    import operator_commands
+        return maintenance_commands.cmd_health(settings, args.max_age)
     if args.command in operator_commands.COMMANDS:
         return operator_commands.run(args.command, settings, args)
     if args.command == "import":

@@ -143,9 +143,9 @@ async def test_a_download_that_never_answers_is_given_up_and_tried_again(pool, d
 async def test_a_component_whose_task_group_lost_the_database_is_restarted_not_the_daemon():
     """A component running one task per account (the history sweeps) reports the database going
     away wrapped in an ExceptionGroup; it is an outage all the same: restarted after a pause."""
-    import main
+    import supervisor
 
-    shutdown = main.Shutdown()
+    shutdown = supervisor.Shutdown()
     runs = []
 
     async def run():
@@ -156,8 +156,8 @@ async def test_a_component_whose_task_group_lost_the_database_is_restarted_not_t
                 raise psycopg.OperationalError("server closed the connection unexpectedly")
         await shutdown.requested.wait()
 
-    component = main.Component("history-sweeps", run, lambda: None)
-    task = asyncio.create_task(main.supervise(component, shutdown, main.Tuning(restart_delay=0.05)))
+    component = supervisor.Component("history-sweeps", run, lambda: None)
+    task = asyncio.create_task(supervisor.supervise(component, shutdown, supervisor.Tuning(restart_delay=0.05)))
     async with asyncio.timeout(5):
         while len(runs) < 3:
             assert not task.done() or task.result() is None
