@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from media_processor import FaceProcessor  # noqa: E402
 
-DEFAULT_LFW = ROOT.parent.parent / "shared" / "faces-lfw"
+DEFAULT_LFW = ROOT.parent / "shared" / "faces-lfw"
 CENTRE_RADIUS = 0.2  # share of the image side
 
 _processor: FaceProcessor | None = None
