@@ -285,20 +285,48 @@ class StartupError(Exception):
     """The daemon cannot start; the message says what to do."""
 
 
+class EarlySignal:
+    """SIGTERM or SIGINT received before the event loop's handlers are set (the embedded server
+    starting, a database still down): remembered, and the daemon stops as soon as it can, with
+    exit 0 like any requested stop, instead of dying by the signal half-way through start-up."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.name = ""
+
+    def __enter__(self) -> EarlySignal:
+        self._previous = {sig: signal.signal(sig, self._note) for sig in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _note(self, signum: int, _frame: object) -> None:
+        self.name = self.name or signal.Signals(signum).name
+
+
 def cmd_run(settings: config.Settings, role: str, hooks: Hooks) -> int:
     """The daemon; see the module docstring for roles and exit codes."""
-    try:
-        prepared = wait_for_database(settings, hooks.tuning.startup_db_wait)
-    except database.DatabaseError as exc:
-        print(f"database: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    return asyncio.run(_run(settings, role, prepared, hooks))
+    with EarlySignal() as early:
+        try:
+            prepared = wait_for_database(settings, hooks.tuning.startup_db_wait, stopping=lambda: bool(early.name))
+        except database.DatabaseError as exc:
+            print(f"database: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+        if prepared is None or early.name:
+            logger.info("stopped before starting (received %s)", early.name)
+            return EXIT_OK
+        return asyncio.run(_run(settings, role, prepared, hooks, early))
 
 
-def wait_for_database(settings: config.Settings, patience: float) -> database.Prepared:
+def wait_for_database(settings: config.Settings, patience: float,
+                      stopping: Callable[[], bool] = lambda: False) -> database.Prepared | None:
     """`prepare_database`, waiting up to `patience` seconds for a server that cannot be reached
     yet (restarting, still starting up after a power cut): the daemon starts by itself once it
-    is back. Anything else (a wrong engine, a failed migration) raises at once."""
+    is back. Anything else (a wrong engine, a failed migration) raises at once. None if
+    `stopping()` turned true while waiting."""
     import psycopg
 
     started = time.monotonic()
@@ -311,15 +339,23 @@ def wait_for_database(settings: config.Settings, patience: float) -> database.Pr
                 raise
             logger.warning("the database cannot be reached yet (%s); trying again in %.0f s",
                            str(exc).splitlines()[0], delay)
-            time.sleep(delay)
+            until = time.monotonic() + delay
+            while time.monotonic() < until:
+                if stopping():
+                    return None
+                time.sleep(0.2)
             delay = min(delay * 2, 15.0)
 
 
-async def _run(settings: config.Settings, role: str, prepared: database.Prepared, hooks: Hooks) -> int:
+async def _run(settings: config.Settings, role: str, prepared: database.Prepared, hooks: Hooks,
+               early: EarlySignal) -> int:
     shutdown = Shutdown()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in EarlySignal.SIGNALS:
         loop.add_signal_handler(sig, shutdown.request, f"received {signal.Signals(sig).name}")
+    if early.name:   # between the database being ready and the handlers above
+        logger.info("stopped before starting (received %s)", early.name)
+        return EXIT_OK
     logger.info("Face Archiver starting: role %s, %s, face engine %s, %d worker(s)", role,
                 prepared.server.location, settings.face_engine, settings.num_workers)
     pool = open_pool(prepared.server.conninfo, max_size=2 * settings.num_workers + 8)

@@ -17,6 +17,7 @@ import json
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import threading
@@ -319,6 +320,33 @@ def test_daemons_get_longer_than_their_shutdown_to_stop():
     for name in ("app", "worker"):
         grace = seconds(SERVICES[name]["stop_grace_period"])
         assert grace >= tuning.stop_deadline + 10, f"{name}: {grace} s leaves no margin"
+
+
+def test_docker_stop_while_the_daemon_waits_for_its_database_is_a_clean_stop(tmp_path):
+    """`docker compose stop` while `db` is not up yet: the daemon, still waiting for its database
+    (before the event loop's handlers exist), stops at once with exit 0, not killed by SIGTERM."""
+    import socket
+    with socket.socket() as probe:   # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k in {"PATH", "HOME", "LANG", "XDG_RUNTIME_DIR"}}
+    env |= {"POSTGRES_HOST": "127.0.0.1", "POSTGRES_PORT": str(port), "POSTGRES_PASSWORD": "x",
+            "DATA_DIR": str(tmp_path / "data"), "FACE_ENGINE": "dlib"}
+    daemon = subprocess.Popen([sys.executable, str(ROOT / "main.py"), "--env-file", str(tmp_path / "none.env"), "run"],
+                              cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        said = ""
+        while "the database cannot be reached yet" not in said:
+            line = daemon.stderr.readline()
+            assert line, f"exited early ({daemon.poll()}): {said}"
+            said += line
+        daemon.send_signal(signal.SIGTERM)
+        code = daemon.wait(timeout=10)
+        said += daemon.stderr.read()
+    finally:
+        daemon.kill()
+    assert code == 0, said
+    assert "stopped before starting (received SIGTERM)" in said and "Traceback" not in said
 
 
 def test_service_commands_are_real_commands_of_the_project():
