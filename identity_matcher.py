@@ -281,9 +281,9 @@ class IdentityMatcher:
 
     async def _neighbours(self, conn, embedding: np.ndarray, media_item_id: int,
                           skip: frozenset[int] = frozenset()) -> list[Neighbour]:
-        return [n for n in await search.knn(conn, embedding, self.params.k,
-                                            self.params.suggest_threshold)
-                if n.media_item_id != media_item_id and n.face_id not in skip]
+        # the exclusions are inside the index scan: k faces come back that pass them
+        return await search.knn(conn, embedding, self.params.k, self.params.suggest_threshold,
+                                media_item_id=media_item_id, skip=skip)
 
     async def _decide_new(self, run: Run, units: list[_Unit]) -> None:
         """Search and decide for the new faces; units with the strongest claim choose first."""
@@ -386,9 +386,8 @@ class IdentityMatcher:
         candidates: dict[int, tuple[float, PendingFace]] = {}
         for anchor in founders:
             for sim, c in await search.seed_candidates(conn, anchor.embedding, p.seed_k,
-                                                       p.seed_threshold):
-                if c.media_item_id == run.media_item_id or c.face_id in lq:
-                    continue
+                                                       p.seed_threshold,
+                                                       media_item_id=run.media_item_id):
                 if c.face_id not in candidates or candidates[c.face_id][0] < sim:
                     candidates[c.face_id] = (sim, c)
         group = seed_group(founders, list(candidates.values()), self.rules)

@@ -57,7 +57,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import database  # noqa: E402
-from bench_match import exact_neighbours, percentile, query_faces, synthetic_faces  # noqa: E402
+from bench_match import (  # noqa: E402
+    _unit, exact_neighbours, percentile, populate, query_faces, synthetic_faces)
 from database import queries  # noqa: E402
 from identity_matcher import IdentityMatcher, MatchParams  # noqa: E402
 
@@ -121,33 +122,14 @@ class LfwModel:
                 f"(cosine p5/p50/p95)")
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
-    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
-
-
 def archive(model, count: int, persons: int, rng: np.random.Generator):
-    """`count` faces in arrival order, 90 % of about `persons` persons (log-normal sizes, a few
-    with thousands of faces), 10 % one-off strangers. Returns (rows, person of each row (0 =
-    stranger), the model with its centres)."""
-    known = int(count * 0.9)
+    """`count` faces in arrival order (bench_match's generator), 90 % of about `persons`
+    persons (log-normal sizes, a few with thousands of faces), 10 % one-off strangers. Returns
+    (rows, person of each row (0 = stranger), the model with its centres)."""
     sigma = 1.1
-    mu = np.log(max(1.0, known / persons)) - sigma ** 2 / 2
-    sizes: list[int] = []
-    while sum(sizes) < known:
-        sizes.append(max(1, int(rng.lognormal(mu, sigma))))
-    sizes[-1] -= sum(sizes) - known
-    model.centres = model.identities(len(sizes), rng)
-    model.spreads = rng.uniform(0.65, 1.0, len(sizes))
-    rows = np.empty((count, model.dim), dtype=np.float32)
-    person = np.zeros(count, dtype=np.int64)
-    at = 0
-    for index, size in enumerate(sizes):
-        rows[at:at + size] = model.faces(index, size, rng)
-        person[at:at + size] = index + 1
-        at += size
-    rows[at:] = model.identities(count - at, rng)
-    order = rng.permutation(count)
-    return rows[order], person[order], model
+    mean = np.log(max(1.0, count * 0.9 / persons)) - sigma ** 2 / 2
+    rows, person = populate(model, count, rng, mean=mean, sigma=sigma)
+    return rows, person, model
 
 
 def crop_jpeg(size: int) -> bytes:
@@ -200,12 +182,15 @@ def build(conninfo: str, kind: str, dim: int, m: int, ef_construction: int, memo
 
 
 def knn_query(kind: str, dim: int) -> str:
-    """The matcher's persons_knn; for halfvec, the same with both sides cast, as the expression
-    index needs (the matcher's query would change the same way)."""
+    """The matcher's persons_knn on the column's own index (vector) or on the half-precision
+    copies (halfvec: as the matcher queries 512-d embeddings, database.Queries.for_dimension)."""
     if kind == "vector":
         return queries.persons_knn
-    return queries.persons_knn.replace(
-        "embedding <=> %(embedding)s", f"embedding::halfvec({dim}) <=> %(embedding)s::halfvec({dim})")
+    return database.halfvec_distance(queries.persons_knn, dim)
+
+
+def loadavg() -> str:
+    return "load " + "/".join(f"{v:.1f}" for v in os.getloadavg())
 
 
 def run_knn(conn, faces, query: str, params: MatchParams, ef_search: int):
@@ -214,8 +199,9 @@ def run_knn(conn, faces, query: str, params: MatchParams, ef_search: int):
         conn.execute(queries.persons_set_ef_search, {"ef_search": str(ef_search)})
         for face in faces:
             start = time.perf_counter()
-            rows = conn.execute(query, {"embedding": face, "k": params.k,
-                                        "min_similarity": params.suggest_threshold}).fetchall()
+            rows = conn.execute(query, {"embedding": face, "k": params.k, "skip_ids": [],
+                                        "min_similarity": params.suggest_threshold,
+                                        "media_item_id": None}).fetchall()
             latencies.append((time.perf_counter() - start) * 1000)
             results.append([r[0] for r in rows])
     return latencies, results
@@ -313,6 +299,8 @@ def dashboard_queries(conn, probe: np.ndarray, dim: int) -> list[tuple[str, floa
     out = []
     for name in re.findall(r"^--\s*name:\s*(\w+)", text, flags=re.MULTILINE):
         statement = getattr(queries, name)
+        if "<=>" in statement:
+            statement = queries.for_dimension(name, dim)
         body = re.sub(r"^\s*--.*$", "", statement, flags=re.MULTILINE).strip().upper()
         if not body.startswith(("SELECT", "WITH")) or "SET_CONFIG" in body:
             continue
@@ -321,6 +309,8 @@ def dashboard_queries(conn, probe: np.ndarray, dim: int) -> list[tuple[str, floa
         runs = []
         for _ in range(3):
             with conn.transaction(force_rollback=True):
+                for setting, value in database.SESSION_SETTINGS.items():  # as the dashboard's pool
+                    conn.execute("SELECT set_config(%s, %s, true)", (setting, value))
                 conn.execute(queries.dashboard_search_ef, {"ef_search": "100"})
                 start = time.perf_counter()
                 rows = conn.execute(statement, args).fetchall()
@@ -336,7 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[200_000, 1_000_000])
     parser.add_argument("--dim", type=int, choices=[128, 512], default=128)
-    parser.add_argument("--types", nargs="+", choices=["vector", "halfvec"], default=["vector", "halfvec"])
+    parser.add_argument("--types", nargs="*", choices=["vector", "halfvec"], default=["vector", "halfvec"],
+                        help="HNSW indexes to build and query in turn (none: the dashboard only)")
     parser.add_argument("--persons", type=int, default=20_000,
                         help="persons at the largest size (about)")
     parser.add_argument("--queries", type=int, default=300)
@@ -354,6 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     engine = "dlib" if args.dim == 128 else "insightface"
+    matcher_kind = "halfvec" if database.uses_halfvec(args.dim) else "vector"
     params = MatchParams.for_engine(engine)
     rng = np.random.default_rng(args.seed)
     total = max(args.sizes)
@@ -404,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
         base_times, where = asyncio.run(matching_step(empty, params, photos))
         base_ms = statistics.mean(base_times)
         print(f"\nmatching a photo (2 faces), empty archive: mean {base_ms:.1f} ms, "
-              f"p95 {percentile(base_times, 95):.1f} ms", flush=True)
+              f"p95 {percentile(base_times, 95):.1f} ms ({loadavg()})", flush=True)
         print_where(where)
 
         with psycopg.connect(conninfo) as conn:
@@ -431,19 +423,20 @@ def main(argv: list[str] | None = None) -> int:
                 _, exact_floor, _ = exact_neighbours(rows[:size], ids, faces, params)
                 print(f"\n=== {size} faces, {persons_now} persons ({args.dim}-d; COPY with media "
                       f"items {load_s:.0f} s) ===", flush=True)
-                # vector last: the matching step and the dashboard then run on today's index
-                for kind in sorted(set(args.types), key=lambda t: t == "vector"):
+                # the matcher's own index last: the matching step and the dashboard run on it
+                for kind in sorted(set(args.types), key=lambda t: t == matcher_kind):
                     build_s = build(conninfo, kind, args.dim, args.m, args.ef_construction,
                                     args.build_memory, args.build_workers)
                     vec_b, half_b, table_b, db_b = conn.execute(queries.scale_sizes).fetchone()
                     conn.commit()
-                    print(f"{kind}: HNSW build {build_s:.0f} s, index {(vec_b or half_b) / 2**20:.0f} MB; "
-                          f"table with crops {table_b / 2**20:.0f} MB, database {db_b / 2**20:.0f} MB",
-                          flush=True)
+                    print(f"{kind}: HNSW build {build_s:.0f} s ({loadavg()}), index "
+                          f"{(vec_b or half_b) / 2**20:.0f} MB; table with crops "
+                          f"{table_b / 2**20:.0f} MB, database {db_b / 2**20:.0f} MB", flush=True)
                     query = knn_query(kind, args.dim)
                     plan = " ".join(r[0] for r in conn.execute(
-                        "EXPLAIN " + query, {"embedding": faces[0], "k": params.k,
-                                             "min_similarity": params.suggest_threshold}).fetchall())
+                        "EXPLAIN " + query, {"embedding": faces[0], "k": params.k, "skip_ids": [],
+                                             "min_similarity": params.suggest_threshold,
+                                             "media_item_id": None}).fetchall())
                     conn.rollback()
                     index = "idx_embeddings_vector" if kind == "vector" else "idx_embeddings_halfvec"
                     if index not in plan:
@@ -455,23 +448,24 @@ def main(argv: list[str] | None = None) -> int:
                         recall = sum(len(a & e) for a, e in pairs) / max(1, sum(len(e) for _, e in pairs))
                         print(f"  kNN ef_search={ef}: p50 {percentile(lat, 50):.1f} ms, p95 "
                               f"{percentile(lat, 95):.1f} ms, recall of neighbours >= "
-                              f"{params.suggest_threshold}: {recall:.4f} ({len(lat)} queries)", flush=True)
+                              f"{params.suggest_threshold}: {recall:.4f} ({len(lat)} queries; "
+                              f"{loadavg()})", flush=True)
                     uss, rss, procs = postgres_memory(server)
                     print(f"  PostgreSQL memory: {uss:.0f} MB unique to its {procs} processes "
                           f"(+ shared_buffers {args.shared_buffers}), resident sum {rss:.0f} MB",
                           flush=True)
-                if "vector" not in args.types:
-                    continue  # the matcher's query needs the vector index
-                times, where = asyncio.run(matching_step(conninfo, params, photos))
-                first_ms = first_ms or statistics.mean(times)
-                print(f"matching a photo (2 faces): mean {statistics.mean(times):.1f} ms, p95 "
-                      f"{percentile(times, 95):.1f} ms, {statistics.mean(times) / base_ms:.2f}x "
-                      f"the empty archive's, {statistics.mean(times) / first_ms:.2f}x the smallest "
-                      f"size's", flush=True)
-                print_where(where)
+                if matcher_kind in args.types:  # the matcher's query needs its index
+                    times, where = asyncio.run(matching_step(conninfo, params, photos))
+                    first_ms = first_ms or statistics.mean(times)
+                    print(f"matching a photo (2 faces): mean {statistics.mean(times):.1f} ms, p95 "
+                          f"{percentile(times, 95):.1f} ms, {statistics.mean(times) / base_ms:.2f}x "
+                          f"the empty archive's, {statistics.mean(times) / first_ms:.2f}x the "
+                          f"smallest size's ({loadavg()})", flush=True)
+                    print_where(where)
                 if not args.no_dashboard:
                     for name, ms, n in dashboard_queries(conn, faces[0], args.dim):
-                        print(f"  dashboard {name:32s} {ms:8.1f} ms  ({n} rows)", flush=True)
+                        print(f"  dashboard {name:32s} {ms:8.1f} ms  ({n} rows; {loadavg()})",
+                              flush=True)
                     uss, rss, procs = postgres_memory(server)
                     print(f"  PostgreSQL memory after the dashboard: {uss:.0f} MB unique, "
                           f"resident sum {rss:.0f} MB", flush=True)

@@ -293,5 +293,6 @@ def nearest_persons(embedding, *, k: int = 50, persons: int = 5) -> list[dict[st
     """The persons nearest to a face embedding, best similarity first, with label and cover."""
     with pool().connection(timeout=DB_WAIT) as conn, conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
         cur.execute(queries.dashboard_search_ef, {"ef_search": str(max(k, 40))})
-        cur.execute(queries.dashboard_nearest_persons, {"embedding": embedding, "k": k, "persons": persons})
+        cur.execute(queries.for_dimension("dashboard_nearest_persons", len(embedding)),
+                    {"embedding": embedding, "k": k, "persons": persons})
         return cur.fetchall()

@@ -396,13 +396,16 @@ SELECT engine, dimension FROM face_engine WHERE EXISTS (SELECT 1 FROM face_embed
 SELECT set_config('hnsw.ef_search', %(ef_search)s, true);
 
 -- name: dashboard_nearest_persons
--- The persons (followed through merges) among the %(k)s stored faces nearest to %(embedding)s,
--- best similarity first, at most %(persons)s. The filter comes after the index's top-k.
+-- The persons (followed through merges) among the %(k)s faces of persons nearest to
+-- %(embedding)s, best similarity first, at most %(persons)s. "Of persons" is inside the index
+-- scan (iterative, database.SESSION_SETTINGS): pending faces near the photo take no place.
+-- For 512-d embeddings the distance is rewritten to the halfvec index's (Queries.for_dimension).
 SELECT coalesce(t.merged_into, t.id) AS person_id, max(n.similarity) AS similarity,
        count(*) AS near_faces
 FROM (
     SELECT topic_id, 1 - (embedding <=> %(embedding)s) AS similarity
     FROM face_embeddings
+    WHERE topic_id IS NOT NULL
     ORDER BY embedding <=> %(embedding)s
     LIMIT %(k)s
 ) n
