@@ -63,6 +63,7 @@ from database import queries  # noqa: E402
 from identity_matcher import IdentityMatcher, MatchParams  # noqa: E402
 
 LFW = Path(os.environ.get("LFW_EMBEDDINGS", "/work/tmp/lfw/lfw_dlib.npz"))
+LFW_SUBSET = ROOT / "tests" / "lfw_dlib_subset.npz"  # when the full set was not computed
 
 
 # --- faces ------------------------------------------------------------------------------------
@@ -76,8 +77,13 @@ class LfwModel:
 
     def __init__(self, path: Path):
         data = np.load(path)
+        self.source = path.name
         x = data["embeddings"][data["is_centred"]]
-        who = data["identities"][data["photo_index"][data["is_centred"]]]
+        if "photo_index" in data:   # bench/lfw_embeddings.py's layout
+            who = data["identities"][data["photo_index"][data["is_centred"]]]
+        else:                       # tests/lfw_dlib_subset.npz (tests/make_lfw_subset.py)
+            who = data["identity"][data["photo"][data["is_centred"]]]
+            x, who = x[who >= 0], who[who >= 0]   # -1: strangers, no identity to fit
         names, inverse, counts = np.unique(who, return_inverse=True, return_counts=True)
         several = counts[inverse] >= 2
         means = np.array([x[inverse == i].mean(axis=0) for i in range(len(names))])
@@ -351,8 +357,8 @@ def main(argv: list[str] | None = None) -> int:
     total = max(args.sizes)
     start = time.perf_counter()
     if args.dim == 128:
-        model = LfwModel(args.lfw)
-        print(f"dlib model fitted to {len(model.real)} real faces of {args.lfw.name}: "
+        model = LfwModel(args.lfw if args.lfw.exists() else LFW_SUBSET)
+        print(f"dlib model fitted to {len(model.real)} real faces of {model.source}: "
               f"{model.describe_fit(np.random.default_rng(1))}")
     else:
         _, _, model = synthetic_faces(1000, 512, rng)  # bench_match's ArcFace-like model
