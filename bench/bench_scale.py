@@ -51,6 +51,7 @@ import numpy as np
 import psutil
 import psycopg
 from psycopg import sql
+from psycopg.rows import dict_row
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -293,8 +294,11 @@ def print_where(where) -> None:
 # --- the dashboard ------------------------------------------------------------------------------
 
 
-def dashboard_queries(conn, probe: np.ndarray, dim: int) -> list[tuple[str, float, int]]:
-    """Every read-only dashboard query, median ms of 3 runs and rows returned."""
+def dashboard_queries(conn, probe: np.ndarray, dim: int, *, knn: bool
+                      ) -> list[tuple[str, float, int]]:
+    """Every read-only dashboard query with (`knn`) or without a kNN search, median ms of 3
+    runs and rows returned. The lists' first page (all after_* NULL) and a later one (after
+    the 10th page's last row), to show that a keyset page costs the same wherever it is."""
     person = conn.execute(queries.scale_biggest_person).fetchone()[0]
     values = {"person_id": person, "person_ids": [person, 1, 2], "limit": 60, "offset": 0,
               "label": "", "show_hidden": False, "sort": "faces", "embedding": probe, "k": 64,
@@ -305,24 +309,45 @@ def dashboard_queries(conn, probe: np.ndarray, dim: int) -> list[tuple[str, floa
     out = []
     for name in re.findall(r"^--\s*name:\s*(\w+)", text, flags=re.MULTILINE):
         statement = getattr(queries, name)
-        if "<=>" in statement:
+        if ("<=>" in statement) != knn:
+            continue
+        if knn:
             statement = queries.for_dimension(name, dim)
         body = re.sub(r"^\s*--.*$", "", statement, flags=re.MULTILINE).strip().upper()
         if not body.startswith(("SELECT", "WITH")) or "SET_CONFIG" in body:
             continue
         names = set(re.findall(r"%\((\w+)\)s", statement))
-        args = {n: values[n] for n in names}
-        runs = []
-        for _ in range(3):
-            with conn.transaction(force_rollback=True):
-                for setting, value in database.SESSION_SETTINGS.items():  # as the dashboard's pool
-                    conn.execute("SELECT set_config(%s, %s, true)", (setting, value))
-                conn.execute(queries.dashboard_search_ef, {"ef_search": "100"})
-                start = time.perf_counter()
-                rows = conn.execute(statement, args).fetchall()
-                runs.append((time.perf_counter() - start) * 1000)
-        out.append((name, statistics.median(runs), len(rows)))
+        args = {n: values.get(n) for n in names}   # after_*: None, the first page
+        pages = [("", args)]
+        if any(n.startswith("after_") for n in names):
+            after = args
+            for _ in range(10):
+                with conn.cursor(row_factory=dict_row) as cur:
+                    last = cur.execute(statement, after).fetchall()
+                if not last:
+                    break
+                after = after | {f"after_{k.removeprefix('cursor_')}": v
+                                 for k, v in last[-1].items() if k.startswith("cursor_")}
+            else:
+                pages.append((" (page 11)", after))
+            conn.rollback()
+        for label, page_args in pages:
+            runs = []
+            for _ in range(3):
+                with conn.transaction(force_rollback=True):
+                    for setting, value in database.SESSION_SETTINGS.items():  # as the pool
+                        conn.execute("SELECT set_config(%s, %s, true)", (setting, value))
+                    conn.execute(queries.dashboard_search_ef, {"ef_search": "100"})
+                    start = time.perf_counter()
+                    rows = conn.execute(statement, page_args).fetchall()
+                    runs.append((time.perf_counter() - start) * 1000)
+            out.append((name + label, statistics.median(runs), len(rows)))
     return out
+
+
+def print_dashboard(timed) -> None:
+    for name, ms, n in timed:
+        print(f"  dashboard {name:42s} {ms:8.1f} ms  ({n} rows; {loadavg()})", flush=True)
 
 
 # --- the run ------------------------------------------------------------------------------------
@@ -429,6 +454,8 @@ def main(argv: list[str] | None = None) -> int:
                 _, exact_floor, _ = exact_neighbours(rows[:size], ids, faces, params)
                 print(f"\n=== {size} faces, {persons_now} persons ({args.dim}-d; COPY with media "
                       f"items {load_s:.0f} s) ===", flush=True)
+                if not args.no_dashboard:  # no HNSW index yet: it does not take their memory
+                    print_dashboard(dashboard_queries(conn, faces[0], args.dim, knn=False))
                 # the matcher's own index last: the matching step and the dashboard run on it
                 for kind in sorted(set(args.types), key=lambda t: t == matcher_kind):
                     build_s = build(conninfo, kind, args.dim, args.m, args.ef_construction,
@@ -468,10 +495,8 @@ def main(argv: list[str] | None = None) -> int:
                           f"the empty archive's, {statistics.mean(times) / first_ms:.2f}x the "
                           f"smallest size's ({loadavg()})", flush=True)
                     print_where(where)
-                if not args.no_dashboard:
-                    for name, ms, n in dashboard_queries(conn, faces[0], args.dim):
-                        print(f"  dashboard {name:32s} {ms:8.1f} ms  ({n} rows; {loadavg()})",
-                              flush=True)
+                if not args.no_dashboard and matcher_kind in args.types:
+                    print_dashboard(dashboard_queries(conn, faces[0], args.dim, knn=True))
                     uss, rss, procs = postgres_memory(server)
                     print(f"  PostgreSQL memory after the dashboard: {uss:.0f} MB unique, "
                           f"resident sum {rss:.0f} MB", flush=True)
