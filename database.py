@@ -514,7 +514,12 @@ queries = Queries()
 # returning fewer than k rows. strict_order keeps the rows in exact distance order, which
 # LIMIT needs; relaxed_order would be cheaper but may drop a nearer row. The bench
 # (bench/bench_scale.py, docs/SCALING.md) measures it.
-SESSION_SETTINGS = {"hnsw.iterative_scan": "strict_order"}
+# hnsw.ef_search: the HNSW candidates a search keeps. 200 is the smallest value measured to find
+# >= 0.995 of the neighbours above the matcher's floor (bench_scale: dlib at 200k faces 0.9873
+# at 100, 0.9977 at 200, 0.9990 at 400; the figures at 1M are in docs/SCALING.md). The matcher
+# sets it again in its own transactions (MatchParams.ef_search, the same value by default).
+HNSW_EF_SEARCH = 200
+SESSION_SETTINGS = {"hnsw.iterative_scan": "strict_order", "hnsw.ef_search": str(HNSW_EF_SEARCH)}
 
 
 async def _configure_async(conn: psycopg.AsyncConnection) -> None:

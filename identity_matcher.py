@@ -64,7 +64,7 @@ import numpy as np
 from psycopg.types.json import Jsonb
 
 import match_search as search
-from database import queries
+from database import HNSW_EF_SEARCH, queries
 from match_rules import (Candidate, Decision, FaceQuery, Neighbour, PendingFace, RuleParams,
                          decide, seed_group, unit_vector, vetoes)
 from match_writes import Run
@@ -83,9 +83,9 @@ logger = logging.getLogger(__name__)
 # pg_advisory_xact_lock key ("FAPERSON"): person creation and pending-pool changes.
 PERSONS_LOCK = 0x46_41_50_45_52_53_4F_4E
 
-# hnsw.ef_search: the most recall within issue 4's 15 ms p95 at 200k faces, chosen with
-# bench/bench_match.py (its docstring has the figures and why recall@10 stays below 0.95).
-DEFAULT_EF_SEARCH = 100
+# hnsw.ef_search: recall >= 0.995 of the neighbours above the floor, chosen with
+# bench/bench_scale.py (database.HNSW_EF_SEARCH says the figures; docs/SCALING.md).
+DEFAULT_EF_SEARCH = HNSW_EF_SEARCH
 
 
 @dataclass(frozen=True)

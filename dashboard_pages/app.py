@@ -311,7 +311,7 @@ def face_processor(engine: str):
 def nearest_persons(embedding, *, k: int = 50, persons: int = 5) -> list[dict[str, Any]]:
     """The persons nearest to a face embedding, best similarity first, with label and cover."""
     with pool().connection(timeout=DB_WAIT) as conn, conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(queries.dashboard_search_ef, {"ef_search": str(max(k, 40))})
+        cur.execute(queries.dashboard_search_ef, {"ef_search": str(max(k, database.HNSW_EF_SEARCH))})
         cur.execute(queries.for_dimension("dashboard_nearest_persons", len(embedding)),
                     {"embedding": embedding, "k": k, "persons": persons})
         return cur.fetchall()

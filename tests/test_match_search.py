@@ -147,3 +147,10 @@ def test_an_engine_of_another_dimension_gets_its_own_kind_of_index(arcface_db):
     assert list(_indexes(arcface_db)) == ["idx_embeddings_halfvec"]
     assert "embedding::halfvec(512) <=> %(embedding)s::halfvec(512)" in queries.for_dimension(
         "persons_seed_candidates", 512)
+
+
+async def test_pool_connections_search_with_the_measured_ef_search(pool):
+    async with pool.connection() as conn:
+        shown = await (await conn.execute("SELECT current_setting('hnsw.ef_search'), "
+                                          "current_setting('hnsw.iterative_scan')")).fetchone()
+    assert shown == (str(database.HNSW_EF_SEARCH), "strict_order")
