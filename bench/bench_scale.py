@@ -27,9 +27,24 @@ would):
   of two faces of known persons, in a transaction rolled back afterwards, mean and p95, and the
   ratio to the same on an empty archive;
 - every read-only query in sql/dashboard.sql with the values a page would use (the largest
-  person, the first page, a search by photo), the median of 3 runs each.
+  person, the first page and keyset page 11 of each list, a search by photo), the median of 3
+  runs each: the kNN one on the matcher's index, the others right after the load.
 
-The figures and the commands that produced them are in docs/SCALING.md.
+The load average (1/5/15 min) is printed beside every timing. Measured on 2 cores shared with
+six other helpers (load 8-21), nice -n 10 (docs/SCALING.md has the tables):
+
+    --dim 128 --sizes 200000 --types vector --ef-search 40 100 200 400 800 --photos 30 \
+        --build-memory 2GB --no-dashboard
+      build 599 s, index 159 MB; kNN ef_search 100: p95 41.2 ms, recall 0.9873; 200: p95
+      48.0 ms, recall 0.9977 (chosen, database.HNSW_EF_SEARCH); 400: 118.2 ms, 0.9990;
+      a photo's matching: empty 42.4 ms, 200k 989.9 ms = 23.3x (goal 1.2x: not met)
+    --dim 128 --sizes 1000000 --types vector ... (stopped during the build)
+      dashboard at 1M faces / 20,590 persons: overview counts 1,005 ms, gallery first page
+      994 ms, page 11 310 ms, a person's faces 30.5 / 32.8 ms (page 1 / 11), media 42.9 /
+      45.2 ms, everything else <= 80 ms
+    --dim 512 --sizes 1000000 --types halfvec ... (stopped during the build)
+      COPY 274 s, table 8,173 MB; the HNSW build had 316,235 of 1M faces after 31 min
+@@DOC512@@
 """
 
 from __future__ import annotations
@@ -265,6 +280,9 @@ async def matching_step(conninfo: str, params: MatchParams, photos: list[np.ndar
     await pool.open(wait=True)
     times = []
     _TimedCursor.names = {getattr(queries, n): n for n in queries.names()}
+    dim = photos[0].shape[1]
+    _TimedCursor.names |= {queries.for_dimension(n, dim): n for n in queries.names()
+                           if "<=>" in getattr(queries, n)}   # halfvec: the rewritten text
     try:
         async with pool.connection() as conn:
             conn.cursor_factory = _TimedCursor
