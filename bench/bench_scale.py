@@ -44,7 +44,10 @@ six other helpers (load 8-21), nice -n 10 (docs/SCALING.md has the tables):
       45.2 ms, everything else <= 80 ms
     --dim 512 --sizes 1000000 --types halfvec ... (stopped during the build)
       COPY 274 s, table 8,173 MB; the HNSW build had 316,235 of 1M faces after 31 min
-@@DOC512@@
+    --dim 512 --sizes 200000 --types halfvec --ef-search 40 100 200 --build-memory 2GB --photos 30
+      build 1,515 s, index 261 MB; kNN ef_search 100: p95 50.2 ms, recall 0.9974; 200: p95
+      86.2 ms, recall 0.9993; PostgreSQL 18 MB private + 1 GB shared_buffers; a photo's
+      matching: empty 80.1 ms, 200k 211.5 ms = 2.64x
 """
 
 from __future__ import annotations
