@@ -374,14 +374,44 @@ def _mismatch_message(stored: str, stored_dim: int, wanted: str, wanted_dim: int
     )
 
 
+# Embeddings of these dimensions (ArcFace, 512-d) are searched through an HNSW index of their
+# half-precision copies (migration 0006): half the index and the same recall of the neighbours
+# the matcher uses (docs/SCALING.md); the column keeps full precision. dlib's 128-d embeddings
+# keep the index on the column itself (halfvec was measured slightly lower in recall there, and
+# that index is small anyway). The kNN queries must then compare the same cast expression:
+# Queries.for_dimension rewrites them.
+HALFVEC_DIMENSIONS = frozenset({512})
+_DISTANCE = "embedding <=> %(embedding)s"
+
+
+def uses_halfvec(dimension: int) -> bool:
+    return int(dimension) in HALFVEC_DIMENSIONS
+
+
+def halfvec_distance(statement: str, dimension: int) -> str:
+    """`statement` with its cosine distance on the half-precision copies, as the index has them."""
+    if _DISTANCE not in statement:
+        raise DatabaseError(f"no {_DISTANCE!r} in the statement to rewrite")
+    d = int(dimension)
+    return statement.replace(_DISTANCE, f"embedding::halfvec({d}) <=> %(embedding)s::halfvec({d})")
+
+
 def _set_embedding_dimension(conn: psycopg.Connection, dimension: int) -> None:
-    """Re-declare face_embeddings.embedding as vector(dimension); the table must be empty."""
+    """Re-declare face_embeddings.embedding as vector(dimension), with its HNSW index (on the
+    half-precision copies for HALFVEC_DIMENSIONS); the table must be empty."""
     conn.execute("DROP INDEX IF EXISTS idx_embeddings_vector")
+    conn.execute("DROP INDEX IF EXISTS idx_embeddings_halfvec")
     conn.execute(sql.SQL("ALTER TABLE face_embeddings ALTER COLUMN embedding TYPE vector({})")
                  .format(sql.Literal(int(dimension))))
-    conn.execute(
-        """CREATE INDEX idx_embeddings_vector ON face_embeddings
-           USING hnsw (embedding vector_cosine_ops) WITH (m = 16, ef_construction = 200)""")
+    if uses_halfvec(dimension):
+        conn.execute(sql.SQL(
+            """CREATE INDEX idx_embeddings_halfvec ON face_embeddings
+               USING hnsw ((embedding::halfvec({})) halfvec_cosine_ops)
+               WITH (m = 16, ef_construction = 200)""").format(sql.Literal(int(dimension))))
+    else:
+        conn.execute(
+            """CREATE INDEX idx_embeddings_vector ON face_embeddings
+               USING hnsw (embedding vector_cosine_ops) WITH (m = 16, ef_construction = 200)""")
 
 
 def reindex(conninfo: str, engine: str, dimension: int) -> int:
@@ -425,6 +455,7 @@ class Queries:
 
     def __init__(self, directory: Path = QUERIES_DIR):
         self._statements: dict[str, str] = {}
+        self._rewritten: dict[str, str] = {}
         for path in sorted(directory.glob("*.sql")):
             for name, statement in _parse_queries(path.read_text(encoding="utf-8"), path.name):
                 if name in self._statements:
@@ -442,6 +473,17 @@ class Queries:
 
     def names(self) -> list[str]:
         return sorted(self._statements)
+
+    def for_dimension(self, name: str, dimension: int) -> str:
+        """The kNN query `name` for embeddings of `dimension`: as written, or comparing the
+        half-precision copies the index holds (HALFVEC_DIMENSIONS)."""
+        statement = getattr(self, name)
+        if not uses_halfvec(dimension):
+            return statement
+        key = f"{name}@{int(dimension)}"
+        if key not in self._rewritten:
+            self._rewritten[key] = halfvec_distance(statement, dimension)
+        return self._rewritten[key]
 
 
 def _parse_queries(text: str, filename: str) -> list[tuple[str, str]]:
@@ -472,7 +514,12 @@ queries = Queries()
 # returning fewer than k rows. strict_order keeps the rows in exact distance order, which
 # LIMIT needs; relaxed_order would be cheaper but may drop a nearer row. The bench
 # (bench/bench_scale.py, docs/SCALING.md) measures it.
-SESSION_SETTINGS = {"hnsw.iterative_scan": "strict_order"}
+# hnsw.ef_search: the HNSW candidates a search keeps. 200 is the smallest value measured to find
+# >= 0.995 of the neighbours above the matcher's floor (bench_scale: dlib at 200k faces 0.9873
+# at 100, 0.9977 at 200, 0.9990 at 400; the figures at 1M are in docs/SCALING.md). The matcher
+# sets it again in its own transactions (MatchParams.ef_search, the same value by default).
+HNSW_EF_SEARCH = 200
+SESSION_SETTINGS = {"hnsw.iterative_scan": "strict_order", "hnsw.ef_search": str(HNSW_EF_SEARCH)}
 
 
 async def _configure_async(conn: psycopg.AsyncConnection) -> None:

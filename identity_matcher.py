@@ -64,7 +64,7 @@ import numpy as np
 from psycopg.types.json import Jsonb
 
 import match_search as search
-from database import queries
+from database import HNSW_EF_SEARCH, queries
 from match_rules import (Candidate, Decision, FaceQuery, Neighbour, PendingFace, RuleParams,
                          decide, seed_group, unit_vector, vetoes)
 from match_writes import Run
@@ -83,9 +83,9 @@ logger = logging.getLogger(__name__)
 # pg_advisory_xact_lock key ("FAPERSON"): person creation and pending-pool changes.
 PERSONS_LOCK = 0x46_41_50_45_52_53_4F_4E
 
-# hnsw.ef_search: the most recall within issue 4's 15 ms p95 at 200k faces, chosen with
-# bench/bench_match.py (its docstring has the figures and why recall@10 stays below 0.95).
-DEFAULT_EF_SEARCH = 100
+# hnsw.ef_search: recall >= 0.995 of the neighbours above the floor, chosen with
+# bench/bench_scale.py (database.HNSW_EF_SEARCH says the figures; docs/SCALING.md).
+DEFAULT_EF_SEARCH = HNSW_EF_SEARCH
 
 
 @dataclass(frozen=True)
@@ -281,9 +281,9 @@ class IdentityMatcher:
 
     async def _neighbours(self, conn, embedding: np.ndarray, media_item_id: int,
                           skip: frozenset[int] = frozenset()) -> list[Neighbour]:
-        return [n for n in await search.knn(conn, embedding, self.params.k,
-                                            self.params.suggest_threshold)
-                if n.media_item_id != media_item_id and n.face_id not in skip]
+        # the exclusions are inside the index scan: k faces come back that pass them
+        return await search.knn(conn, embedding, self.params.k, self.params.suggest_threshold,
+                                media_item_id=media_item_id, skip=skip)
 
     async def _decide_new(self, run: Run, units: list[_Unit]) -> None:
         """Search and decide for the new faces; units with the strongest claim choose first."""
@@ -386,9 +386,8 @@ class IdentityMatcher:
         candidates: dict[int, tuple[float, PendingFace]] = {}
         for anchor in founders:
             for sim, c in await search.seed_candidates(conn, anchor.embedding, p.seed_k,
-                                                       p.seed_threshold):
-                if c.media_item_id == run.media_item_id or c.face_id in lq:
-                    continue
+                                                       p.seed_threshold,
+                                                       media_item_id=run.media_item_id):
                 if c.face_id not in candidates or candidates[c.face_id][0] < sim:
                     candidates[c.face_id] = (sim, c)
         group = seed_group(founders, list(candidates.values()), self.rules)

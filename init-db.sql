@@ -16,7 +16,7 @@ CREATE TABLE schema_migrations (
 );
 INSERT INTO schema_migrations (version, name) VALUES (1, 'seed_schema'), (2, 'face_archiver'),
                                                      (3, 'topic_request'), (4, 'telegram_ids_and_account_states'),
-                                                     (5, 'dashboard');
+                                                     (5, 'dashboard'), (6, 'halfvec_index');
 
 -- The face engine that made the stored embeddings (one row at most). Embeddings of two models
 -- are not comparable, so the application refuses to start with another engine.
@@ -204,9 +204,11 @@ CREATE INDEX idx_embeddings_quality ON face_embeddings(quality_score DESC);
 CREATE INDEX idx_embeddings_timestamp ON face_embeddings(detection_timestamp DESC);
 CREATE INDEX idx_embeddings_media_item ON face_embeddings (media_item_id);
 CREATE INDEX idx_embeddings_state ON face_embeddings (state) WHERE state IN ('pending', 'review');
--- HNSW, not ivfflat: no training on an empty table, good recall as rows arrive.
-CREATE INDEX idx_embeddings_vector ON face_embeddings
-    USING hnsw (embedding vector_cosine_ops) WITH (m = 16, ef_construction = 200);
+-- HNSW, not ivfflat: no training on an empty table, good recall as rows arrive. 512-d
+-- embeddings are searched through their half-precision copies (migration 0006); a 128-d engine's
+-- column gets idx_embeddings_vector on the column itself instead (database.ensure_engine).
+CREATE INDEX idx_embeddings_halfvec ON face_embeddings
+    USING hnsw ((embedding::halfvec(512)) halfvec_cosine_ops) WITH (m = 16, ef_construction = 200);
 
 ALTER TABLE telegram_topics ADD CONSTRAINT telegram_topics_cover_face_fkey
     FOREIGN KEY (cover_face_id) REFERENCES face_embeddings(id) ON DELETE SET NULL;

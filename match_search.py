@@ -1,14 +1,16 @@
 """What the matcher reads from the database: neighbours, persons as a whole, operator facts.
 
 Every function takes the caller's connection (the matcher's transaction) and returns plain
-data for match_rules.py. The k-NN search is pgvector's HNSW index (`persons_knn`: top-k first,
-then the similarity filter); a person is seen as a whole through its face count and mean
+data for match_rules.py. The k-NN search is pgvector's HNSW index (`persons_knn`: top-k of the
+faces that pass its exclusions, then the similarity filter; 512-d embeddings through the index of
+their half-precision copies, database.Queries.for_dimension); a person is seen as a whole through its face count and mean
 embedding (`persons_views`, computed from its faces, so no cached centroid can go stale when
 the operator moves, merges or dismisses faces).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -21,10 +23,13 @@ if TYPE_CHECKING:
 
 
 async def knn(conn: psycopg.AsyncConnection, embedding: np.ndarray, k: int,
-              min_similarity: float) -> list[Neighbour]:
-    """The `k` stored faces nearest to `embedding`, those at least `min_similarity` alike."""
-    rows = await (await conn.execute(queries.persons_knn, {
-        "embedding": embedding, "k": k, "min_similarity": min_similarity})).fetchall()
+              min_similarity: float, *, media_item_id: int | None = None,
+              skip: Iterable[int] = ()) -> list[Neighbour]:
+    """The `k` stored faces nearest to `embedding` other than those of `media_item_id` and
+    `skip`, those at least `min_similarity` alike."""
+    rows = await (await conn.execute(queries.for_dimension("persons_knn", len(embedding)), {
+        "embedding": embedding, "k": k, "min_similarity": min_similarity,
+        "media_item_id": media_item_id, "skip_ids": sorted(skip)})).fetchall()
     return [Neighbour(r[0], r[6] if r[1] == "assigned" else None, r[1], r[2], r[3], r[4],
                       float(r[5])) for r in rows]
 
@@ -66,8 +71,12 @@ async def pending_units(conn: psycopg.AsyncConnection, face_ids: list[int]) -> l
 
 
 async def seed_candidates(conn: psycopg.AsyncConnection, embedding: np.ndarray, k: int,
-                          min_similarity: float) -> list[tuple[float, PendingFace]]:
-    """Good pending faces among the `k` nearest, at least `min_similarity` alike."""
-    rows = await (await conn.execute(queries.persons_seed_candidates, {
-        "embedding": embedding, "k": k, "min_similarity": min_similarity})).fetchall()
+                          min_similarity: float, *, media_item_id: int | None = None
+                          ) -> list[tuple[float, PendingFace]]:
+    """The `k` nearest good pending faces (not of `media_item_id`), those at least
+    `min_similarity` alike."""
+    statement = queries.for_dimension("persons_seed_candidates", len(embedding))
+    rows = await (await conn.execute(statement, {
+        "embedding": embedding, "k": k, "min_similarity": min_similarity,
+        "media_item_id": media_item_id})).fetchall()
     return [(float(r[4]), PendingFace(r[0], r[1], r[2], r[3].to_numpy())) for r in rows]

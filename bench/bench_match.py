@@ -150,14 +150,24 @@ def synthetic_faces(count: int, dim: int, rng: np.random.Generator, *, structure
     """
     bases = np.linalg.qr(rng.standard_normal((dim, 96 + 64)))[0]
     model = FaceModel(bases[:, :96], bases[:, 96:] if structured else None)
+    rows, person = populate(model, count, rng, stranger_share=stranger_share)
+    return rows, person, model
+
+
+def populate(model, count: int, rng: np.random.Generator, *, mean: float = 2.1,
+             sigma: float = 1.1, stranger_share: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+    """`count` faces of `model` (a FaceModel, or anything with its `identities` and `faces`) in
+    arrival order: persons of log-normal sizes (log-mean `mean`, log-sd `sigma`; the model's
+    centres and spreads are set to theirs), then `stranger_share` of the rows one-off
+    strangers, all shuffled. Returns (embeddings, person of each row (0 = stranger))."""
     persons_rows = int(count * (1 - stranger_share))
     sizes: list[int] = []
     while sum(sizes) < persons_rows:
-        sizes.append(max(1, int(rng.lognormal(mean=2.1, sigma=1.1))))
+        sizes.append(max(1, int(rng.lognormal(mean=mean, sigma=sigma))))
     sizes[-1] -= sum(sizes) - persons_rows
     model.centres = model.identities(len(sizes), rng)
     model.spreads = rng.uniform(0.65, 1.0, len(sizes))
-    rows = np.empty((count, dim), dtype=np.float32)
+    rows = np.empty((count, model.dim), dtype=np.float32)
     person = np.zeros(count, dtype=np.int64)
     at = 0
     for index, size in enumerate(sizes):
@@ -166,7 +176,7 @@ def synthetic_faces(count: int, dim: int, rng: np.random.Generator, *, structure
         at += size
     rows[at:] = model.identities(count - at, rng)
     order = rng.permutation(count)  # arrival order: persons interleaved, as in a real archive
-    return rows[order], person[order], model
+    return rows[order], person[order]
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -209,8 +219,9 @@ def run_queries(conn: psycopg.Connection, faces: np.ndarray, *, k: int, min_simi
             conn.execute(queries.persons_set_ef_search, {"ef_search": str(ef_search)})
         for face in faces:
             start = time.perf_counter()
-            rows = conn.execute(queries.persons_knn, {"embedding": face, "k": k,
-                                                      "min_similarity": min_similarity}).fetchall()
+            rows = conn.execute(queries.persons_knn, {
+                "embedding": face, "k": k, "min_similarity": min_similarity,
+                "media_item_id": None, "skip_ids": []}).fetchall()
             latencies.append((time.perf_counter() - start) * 1000)
             results.append([r[0] for r in rows])
     return latencies, results

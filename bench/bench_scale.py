@@ -27,9 +27,27 @@ would):
   of two faces of known persons, in a transaction rolled back afterwards, mean and p95, and the
   ratio to the same on an empty archive;
 - every read-only query in sql/dashboard.sql with the values a page would use (the largest
-  person, the first page, a search by photo), the median of 3 runs each.
+  person, the first page and keyset page 11 of each list, a search by photo), the median of 3
+  runs each: the kNN one on the matcher's index, the others right after the load.
 
-The figures and the commands that produced them are in docs/SCALING.md.
+The load average (1/5/15 min) is printed beside every timing. Measured on 2 cores shared with
+six other helpers (load 8-21), nice -n 10 (docs/SCALING.md has the tables):
+
+    --dim 128 --sizes 200000 --types vector --ef-search 40 100 200 400 800 --photos 30 \
+        --build-memory 2GB --no-dashboard
+      build 599 s, index 159 MB; kNN ef_search 100: p95 41.2 ms, recall 0.9873; 200: p95
+      48.0 ms, recall 0.9977 (chosen, database.HNSW_EF_SEARCH); 400: 118.2 ms, 0.9990;
+      a photo's matching: empty 42.4 ms, 200k 989.9 ms = 23.3x (goal 1.2x: not met)
+    --dim 128 --sizes 1000000 --types vector ... (stopped during the build)
+      dashboard at 1M faces / 20,590 persons: overview counts 1,005 ms, gallery first page
+      994 ms, page 11 310 ms, a person's faces 30.5 / 32.8 ms (page 1 / 11), media 42.9 /
+      45.2 ms, everything else <= 80 ms
+    --dim 512 --sizes 1000000 --types halfvec ... (stopped during the build)
+      COPY 274 s, table 8,173 MB; the HNSW build had 316,235 of 1M faces after 31 min
+    --dim 512 --sizes 200000 --types halfvec --ef-search 40 100 200 --build-memory 2GB --photos 30
+      build 1,515 s, index 261 MB; kNN ef_search 100: p95 50.2 ms, recall 0.9974; 200: p95
+      86.2 ms, recall 0.9993; PostgreSQL 18 MB private + 1 GB shared_buffers; a photo's
+      matching: empty 80.1 ms, 200k 211.5 ms = 2.64x
 """
 
 from __future__ import annotations
@@ -51,17 +69,20 @@ import numpy as np
 import psutil
 import psycopg
 from psycopg import sql
+from psycopg.rows import dict_row
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import database  # noqa: E402
-from bench_match import exact_neighbours, percentile, query_faces, synthetic_faces  # noqa: E402
+from bench_match import (  # noqa: E402
+    _unit, exact_neighbours, percentile, populate, query_faces, synthetic_faces)
 from database import queries  # noqa: E402
 from identity_matcher import IdentityMatcher, MatchParams  # noqa: E402
 
 LFW = Path(os.environ.get("LFW_EMBEDDINGS", "/work/tmp/lfw/lfw_dlib.npz"))
+LFW_SUBSET = ROOT / "tests" / "lfw_dlib_subset.npz"  # when the full set was not computed
 
 
 # --- faces ------------------------------------------------------------------------------------
@@ -75,8 +96,13 @@ class LfwModel:
 
     def __init__(self, path: Path):
         data = np.load(path)
+        self.source = path.name
         x = data["embeddings"][data["is_centred"]]
-        who = data["identities"][data["photo_index"][data["is_centred"]]]
+        if "photo_index" in data:   # bench/lfw_embeddings.py's layout
+            who = data["identities"][data["photo_index"][data["is_centred"]]]
+        else:                       # tests/lfw_dlib_subset.npz (tests/make_lfw_subset.py)
+            who = data["identity"][data["photo"][data["is_centred"]]]
+            x, who = x[who >= 0], who[who >= 0]   # -1: strangers, no identity to fit
         names, inverse, counts = np.unique(who, return_inverse=True, return_counts=True)
         several = counts[inverse] >= 2
         means = np.array([x[inverse == i].mean(axis=0) for i in range(len(names))])
@@ -121,33 +147,14 @@ class LfwModel:
                 f"(cosine p5/p50/p95)")
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
-    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
-
-
 def archive(model, count: int, persons: int, rng: np.random.Generator):
-    """`count` faces in arrival order, 90 % of about `persons` persons (log-normal sizes, a few
-    with thousands of faces), 10 % one-off strangers. Returns (rows, person of each row (0 =
-    stranger), the model with its centres)."""
-    known = int(count * 0.9)
+    """`count` faces in arrival order (bench_match's generator), 90 % of about `persons`
+    persons (log-normal sizes, a few with thousands of faces), 10 % one-off strangers. Returns
+    (rows, person of each row (0 = stranger), the model with its centres)."""
     sigma = 1.1
-    mu = np.log(max(1.0, known / persons)) - sigma ** 2 / 2
-    sizes: list[int] = []
-    while sum(sizes) < known:
-        sizes.append(max(1, int(rng.lognormal(mu, sigma))))
-    sizes[-1] -= sum(sizes) - known
-    model.centres = model.identities(len(sizes), rng)
-    model.spreads = rng.uniform(0.65, 1.0, len(sizes))
-    rows = np.empty((count, model.dim), dtype=np.float32)
-    person = np.zeros(count, dtype=np.int64)
-    at = 0
-    for index, size in enumerate(sizes):
-        rows[at:at + size] = model.faces(index, size, rng)
-        person[at:at + size] = index + 1
-        at += size
-    rows[at:] = model.identities(count - at, rng)
-    order = rng.permutation(count)
-    return rows[order], person[order], model
+    mean = np.log(max(1.0, count * 0.9 / persons)) - sigma ** 2 / 2
+    rows, person = populate(model, count, rng, mean=mean, sigma=sigma)
+    return rows, person, model
 
 
 def crop_jpeg(size: int) -> bytes:
@@ -200,12 +207,15 @@ def build(conninfo: str, kind: str, dim: int, m: int, ef_construction: int, memo
 
 
 def knn_query(kind: str, dim: int) -> str:
-    """The matcher's persons_knn; for halfvec, the same with both sides cast, as the expression
-    index needs (the matcher's query would change the same way)."""
+    """The matcher's persons_knn on the column's own index (vector) or on the half-precision
+    copies (halfvec: as the matcher queries 512-d embeddings, database.Queries.for_dimension)."""
     if kind == "vector":
         return queries.persons_knn
-    return queries.persons_knn.replace(
-        "embedding <=> %(embedding)s", f"embedding::halfvec({dim}) <=> %(embedding)s::halfvec({dim})")
+    return database.halfvec_distance(queries.persons_knn, dim)
+
+
+def loadavg() -> str:
+    return "load " + "/".join(f"{v:.1f}" for v in os.getloadavg())
 
 
 def run_knn(conn, faces, query: str, params: MatchParams, ef_search: int):
@@ -214,8 +224,9 @@ def run_knn(conn, faces, query: str, params: MatchParams, ef_search: int):
         conn.execute(queries.persons_set_ef_search, {"ef_search": str(ef_search)})
         for face in faces:
             start = time.perf_counter()
-            rows = conn.execute(query, {"embedding": face, "k": params.k,
-                                        "min_similarity": params.suggest_threshold}).fetchall()
+            rows = conn.execute(query, {"embedding": face, "k": params.k, "skip_ids": [],
+                                        "min_similarity": params.suggest_threshold,
+                                        "media_item_id": None}).fetchall()
             latencies.append((time.perf_counter() - start) * 1000)
             results.append([r[0] for r in rows])
     return latencies, results
@@ -272,6 +283,9 @@ async def matching_step(conninfo: str, params: MatchParams, photos: list[np.ndar
     await pool.open(wait=True)
     times = []
     _TimedCursor.names = {getattr(queries, n): n for n in queries.names()}
+    dim = photos[0].shape[1]
+    _TimedCursor.names |= {queries.for_dimension(n, dim): n for n in queries.names()
+                           if "<=>" in getattr(queries, n)}   # halfvec: the rewritten text
     try:
         async with pool.connection() as conn:
             conn.cursor_factory = _TimedCursor
@@ -301,8 +315,11 @@ def print_where(where) -> None:
 # --- the dashboard ------------------------------------------------------------------------------
 
 
-def dashboard_queries(conn, probe: np.ndarray, dim: int) -> list[tuple[str, float, int]]:
-    """Every read-only dashboard query, median ms of 3 runs and rows returned."""
+def dashboard_queries(conn, probe: np.ndarray, dim: int, *, knn: bool
+                      ) -> list[tuple[str, float, int]]:
+    """Every read-only dashboard query with (`knn`) or without a kNN search, median ms of 3
+    runs and rows returned. The lists' first page (all after_* NULL) and a later one (after
+    the 10th page's last row), to show that a keyset page costs the same wherever it is."""
     person = conn.execute(queries.scale_biggest_person).fetchone()[0]
     values = {"person_id": person, "person_ids": [person, 1, 2], "limit": 60, "offset": 0,
               "label": "", "show_hidden": False, "sort": "faces", "embedding": probe, "k": 64,
@@ -313,20 +330,45 @@ def dashboard_queries(conn, probe: np.ndarray, dim: int) -> list[tuple[str, floa
     out = []
     for name in re.findall(r"^--\s*name:\s*(\w+)", text, flags=re.MULTILINE):
         statement = getattr(queries, name)
+        if ("<=>" in statement) != knn:
+            continue
+        if knn:
+            statement = queries.for_dimension(name, dim)
         body = re.sub(r"^\s*--.*$", "", statement, flags=re.MULTILINE).strip().upper()
         if not body.startswith(("SELECT", "WITH")) or "SET_CONFIG" in body:
             continue
         names = set(re.findall(r"%\((\w+)\)s", statement))
-        args = {n: values[n] for n in names}
-        runs = []
-        for _ in range(3):
-            with conn.transaction(force_rollback=True):
-                conn.execute(queries.dashboard_search_ef, {"ef_search": "100"})
-                start = time.perf_counter()
-                rows = conn.execute(statement, args).fetchall()
-                runs.append((time.perf_counter() - start) * 1000)
-        out.append((name, statistics.median(runs), len(rows)))
+        args = {n: values.get(n) for n in names}   # after_*: None, the first page
+        pages = [("", args)]
+        if any(n.startswith("after_") for n in names):
+            after = args
+            for _ in range(10):
+                with conn.cursor(row_factory=dict_row) as cur:
+                    last = cur.execute(statement, after).fetchall()
+                if not last:
+                    break
+                after = after | {f"after_{k.removeprefix('cursor_')}": v
+                                 for k, v in last[-1].items() if k.startswith("cursor_")}
+            else:
+                pages.append((" (page 11)", after))
+            conn.rollback()
+        for label, page_args in pages:
+            runs = []
+            for _ in range(3):
+                with conn.transaction(force_rollback=True):
+                    for setting, value in database.SESSION_SETTINGS.items():  # as the pool
+                        conn.execute("SELECT set_config(%s, %s, true)", (setting, value))
+                    conn.execute(queries.dashboard_search_ef, {"ef_search": "100"})
+                    start = time.perf_counter()
+                    rows = conn.execute(statement, page_args).fetchall()
+                    runs.append((time.perf_counter() - start) * 1000)
+            out.append((name + label, statistics.median(runs), len(rows)))
     return out
+
+
+def print_dashboard(timed) -> None:
+    for name, ms, n in timed:
+        print(f"  dashboard {name:42s} {ms:8.1f} ms  ({n} rows; {loadavg()})", flush=True)
 
 
 # --- the run ------------------------------------------------------------------------------------
@@ -336,7 +378,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[200_000, 1_000_000])
     parser.add_argument("--dim", type=int, choices=[128, 512], default=128)
-    parser.add_argument("--types", nargs="+", choices=["vector", "halfvec"], default=["vector", "halfvec"])
+    parser.add_argument("--types", nargs="*", choices=["vector", "halfvec"], default=["vector", "halfvec"],
+                        help="HNSW indexes to build and query in turn (none: the dashboard only)")
     parser.add_argument("--persons", type=int, default=20_000,
                         help="persons at the largest size (about)")
     parser.add_argument("--queries", type=int, default=300)
@@ -354,13 +397,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     engine = "dlib" if args.dim == 128 else "insightface"
+    matcher_kind = "halfvec" if database.uses_halfvec(args.dim) else "vector"
     params = MatchParams.for_engine(engine)
     rng = np.random.default_rng(args.seed)
     total = max(args.sizes)
     start = time.perf_counter()
     if args.dim == 128:
-        model = LfwModel(args.lfw)
-        print(f"dlib model fitted to {len(model.real)} real faces of {args.lfw.name}: "
+        model = LfwModel(args.lfw if args.lfw.exists() else LFW_SUBSET)
+        print(f"dlib model fitted to {len(model.real)} real faces of {model.source}: "
               f"{model.describe_fit(np.random.default_rng(1))}")
     else:
         _, _, model = synthetic_faces(1000, 512, rng)  # bench_match's ArcFace-like model
@@ -404,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
         base_times, where = asyncio.run(matching_step(empty, params, photos))
         base_ms = statistics.mean(base_times)
         print(f"\nmatching a photo (2 faces), empty archive: mean {base_ms:.1f} ms, "
-              f"p95 {percentile(base_times, 95):.1f} ms", flush=True)
+              f"p95 {percentile(base_times, 95):.1f} ms ({loadavg()})", flush=True)
         print_where(where)
 
         with psycopg.connect(conninfo) as conn:
@@ -431,19 +475,22 @@ def main(argv: list[str] | None = None) -> int:
                 _, exact_floor, _ = exact_neighbours(rows[:size], ids, faces, params)
                 print(f"\n=== {size} faces, {persons_now} persons ({args.dim}-d; COPY with media "
                       f"items {load_s:.0f} s) ===", flush=True)
-                # vector last: the matching step and the dashboard then run on today's index
-                for kind in sorted(set(args.types), key=lambda t: t == "vector"):
+                if not args.no_dashboard:  # no HNSW index yet: it does not take their memory
+                    print_dashboard(dashboard_queries(conn, faces[0], args.dim, knn=False))
+                # the matcher's own index last: the matching step and the dashboard run on it
+                for kind in sorted(set(args.types), key=lambda t: t == matcher_kind):
                     build_s = build(conninfo, kind, args.dim, args.m, args.ef_construction,
                                     args.build_memory, args.build_workers)
                     vec_b, half_b, table_b, db_b = conn.execute(queries.scale_sizes).fetchone()
                     conn.commit()
-                    print(f"{kind}: HNSW build {build_s:.0f} s, index {(vec_b or half_b) / 2**20:.0f} MB; "
-                          f"table with crops {table_b / 2**20:.0f} MB, database {db_b / 2**20:.0f} MB",
-                          flush=True)
+                    print(f"{kind}: HNSW build {build_s:.0f} s ({loadavg()}), index "
+                          f"{(vec_b or half_b) / 2**20:.0f} MB; table with crops "
+                          f"{table_b / 2**20:.0f} MB, database {db_b / 2**20:.0f} MB", flush=True)
                     query = knn_query(kind, args.dim)
                     plan = " ".join(r[0] for r in conn.execute(
-                        "EXPLAIN " + query, {"embedding": faces[0], "k": params.k,
-                                             "min_similarity": params.suggest_threshold}).fetchall())
+                        "EXPLAIN " + query, {"embedding": faces[0], "k": params.k, "skip_ids": [],
+                                             "min_similarity": params.suggest_threshold,
+                                             "media_item_id": None}).fetchall())
                     conn.rollback()
                     index = "idx_embeddings_vector" if kind == "vector" else "idx_embeddings_halfvec"
                     if index not in plan:
@@ -455,23 +502,22 @@ def main(argv: list[str] | None = None) -> int:
                         recall = sum(len(a & e) for a, e in pairs) / max(1, sum(len(e) for _, e in pairs))
                         print(f"  kNN ef_search={ef}: p50 {percentile(lat, 50):.1f} ms, p95 "
                               f"{percentile(lat, 95):.1f} ms, recall of neighbours >= "
-                              f"{params.suggest_threshold}: {recall:.4f} ({len(lat)} queries)", flush=True)
+                              f"{params.suggest_threshold}: {recall:.4f} ({len(lat)} queries; "
+                              f"{loadavg()})", flush=True)
                     uss, rss, procs = postgres_memory(server)
                     print(f"  PostgreSQL memory: {uss:.0f} MB unique to its {procs} processes "
                           f"(+ shared_buffers {args.shared_buffers}), resident sum {rss:.0f} MB",
                           flush=True)
-                if "vector" not in args.types:
-                    continue  # the matcher's query needs the vector index
-                times, where = asyncio.run(matching_step(conninfo, params, photos))
-                first_ms = first_ms or statistics.mean(times)
-                print(f"matching a photo (2 faces): mean {statistics.mean(times):.1f} ms, p95 "
-                      f"{percentile(times, 95):.1f} ms, {statistics.mean(times) / base_ms:.2f}x "
-                      f"the empty archive's, {statistics.mean(times) / first_ms:.2f}x the smallest "
-                      f"size's", flush=True)
-                print_where(where)
-                if not args.no_dashboard:
-                    for name, ms, n in dashboard_queries(conn, faces[0], args.dim):
-                        print(f"  dashboard {name:32s} {ms:8.1f} ms  ({n} rows)", flush=True)
+                if matcher_kind in args.types:  # the matcher's query needs its index
+                    times, where = asyncio.run(matching_step(conninfo, params, photos))
+                    first_ms = first_ms or statistics.mean(times)
+                    print(f"matching a photo (2 faces): mean {statistics.mean(times):.1f} ms, p95 "
+                          f"{percentile(times, 95):.1f} ms, {statistics.mean(times) / base_ms:.2f}x "
+                          f"the empty archive's, {statistics.mean(times) / first_ms:.2f}x the "
+                          f"smallest size's ({loadavg()})", flush=True)
+                    print_where(where)
+                if not args.no_dashboard and matcher_kind in args.types:
+                    print_dashboard(dashboard_queries(conn, faces[0], args.dim, knn=True))
                     uss, rss, procs = postgres_memory(server)
                     print(f"  PostgreSQL memory after the dashboard: {uss:.0f} MB unique, "
                           f"resident sum {rss:.0f} MB", flush=True)

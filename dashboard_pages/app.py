@@ -127,19 +127,38 @@ def show_flash() -> None:
 
 
 # --- paging ----------------------------------------------------------------------------------
+# Long lists page by keyset, not OFFSET (sql/dashboard.sql): each row's cursor_* columns say
+# where the next page starts, passed back as the query's after_* parameters; a page costs the same
+# wherever it is. st.session_state[key] keeps the cursors of the pages before this one, for the
+# list as its params select it (other params: the first page again).
 
 
-def page_of(total: int, per_page: int, key: str, what: str) -> int:
-    """The offset of the page the operator chose (a page number when there is more than one
-    page), and a caption saying which items of how many are shown: "21–40 of 252 faces"."""
-    pages = max(1, -(-total // per_page))
-    page = 1
-    if pages > 1:
-        page = st.number_input(f"Page (of {pages})", min_value=1, max_value=pages, value=1, key=key)
-    offset = (page - 1) * per_page
-    if total:
-        st.caption(f"{offset + 1}–{min(total, offset + per_page)} of {total:,} {what}")
-    return offset
+def page(query: str, params: dict[str, Any], key: str) -> list[dict[str, Any]]:
+    """The rows of the page the operator is on, of a keyset-paged named query."""
+    state = st.session_state.get(key)
+    if not state or state["for"] != repr(sorted(params.items())):
+        state = st.session_state[key] = {"for": repr(sorted(params.items())), "after": []}
+    first = {name: None for name in re.findall(r"%\((after_\w+)\)s", query)}
+    return rows(query, params | (state["after"][-1] if state["after"] else first))
+
+
+def pager(key: str, shown: list[dict[str, Any]], per_page: int, total: int, what: str) -> None:
+    """Which items of how many are shown ("21–40 of 252 faces"), and buttons to the previous
+    and the next page (after `page(…, key)`)."""
+    after = st.session_state[key]["after"]
+    start = len(after) * per_page
+    if total and shown:
+        st.caption(f"{start + 1}–{start + len(shown)} of {total:,} {what}")
+    more = len(shown) == per_page and start + per_page < total
+    if not after and not more:
+        return
+    back, forward = st.columns(2)
+    if after:
+        back.button("Previous page", key=f"{key}_previous", on_click=after.pop)
+    if more:
+        cursor = {f"after_{k.removeprefix('cursor_')}": v for k, v in shown[-1].items()
+                  if k.startswith("cursor_")}
+        forward.button("Next page", key=f"{key}_next", on_click=after.append, args=(cursor,))
 
 
 # --- formatting --------------------------------------------------------------------------------
@@ -292,6 +311,7 @@ def face_processor(engine: str):
 def nearest_persons(embedding, *, k: int = 50, persons: int = 5) -> list[dict[str, Any]]:
     """The persons nearest to a face embedding, best similarity first, with label and cover."""
     with pool().connection(timeout=DB_WAIT) as conn, conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(queries.dashboard_search_ef, {"ef_search": str(max(k, 40))})
-        cur.execute(queries.dashboard_nearest_persons, {"embedding": embedding, "k": k, "persons": persons})
+        cur.execute(queries.dashboard_search_ef, {"ef_search": str(max(k, database.HNSW_EF_SEARCH))})
+        cur.execute(queries.for_dimension("dashboard_nearest_persons", len(embedding)),
+                    {"embedding": embedding, "k": k, "persons": persons})
         return cur.fetchall()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import streamlit as st
 
 from dashboard_pages import app
@@ -27,12 +25,8 @@ if total == 0:
             "No persons yet: a person is created when the same face has been seen in a few photos.")
     st.stop()
 
-pages = math.ceil(total / PER_PAGE)
-page = st.number_input(f"Page (of {pages})", min_value=1, max_value=pages, value=1,
-                       key="gallery_page") if pages > 1 else 1
-persons = app.rows(queries.dashboard_persons,
-                   params | {"limit": PER_PAGE, "offset": (page - 1) * PER_PAGE})
-st.caption(f"{app.plural(total, 'person')}")
+persons = app.page(queries.dashboard_persons, params | {"limit": PER_PAGE}, "gallery_page")
+app.pager("gallery_page", persons, PER_PAGE, total, "persons")
 
 for start in range(0, len(persons), PER_ROW):
     for col, person in zip(st.columns(PER_ROW), persons[start:start + PER_ROW]):

@@ -68,8 +68,9 @@ about.markdown(" · ".join(facts))
 
 # --- faces -------------------------------------------------------------------------------------
 st.subheader("Faces")
-offset = app.page_of(person["faces"], FACES_SHOWN, f"faces_page_{person_id}", "faces, best first")
-faces = app.rows(queries.dashboard_person_faces, {"person_id": person_id, "limit": FACES_SHOWN, "offset": offset})
+faces = app.page(queries.dashboard_person_faces, {"person_id": person_id, "limit": FACES_SHOWN},
+                 f"faces_page_{person_id}")
+app.pager(f"faces_page_{person_id}", faces, FACES_SHOWN, person["faces"], "faces, best first")
 
 
 def face_key(face_id: int) -> str:
@@ -117,12 +118,12 @@ selected = [f["id"] for f in faces if st.session_state.get(f"face_{person_id}_{f
 
 # --- media -------------------------------------------------------------------------------------
 st.subheader("Media")
-media = app.rows(queries.dashboard_person_media, {"person_id": person_id, "limit": MEDIA_SHOWN})
+media = app.page(queries.dashboard_person_media, {"person_id": person_id, "limit": MEDIA_SHOWN},
+                 f"media_page_{person_id}")
 hub = app.hub_of(person)
 if media:
-    st.caption(f"Every media item with a face of this person or a post in its topic, newest first"
-               + (f" (the newest {len(media)} of {person['media_listed']})." if person["media_listed"] > len(media) else
-                  f": {len(media)}."))
+    st.caption("Every media item with a face of this person or a post in its topic, newest first.")
+    app.pager(f"media_page_{person_id}", media, MEDIA_SHOWN, person["media_listed"], "media items")
     st.dataframe(pd.DataFrame([{
         "Date": app.local(m["message_date"]),
         "Type": m["media_type"],

@@ -72,8 +72,8 @@ for s in suggestions:
 # --- faces to decide ---------------------------------------------------------------------------
 st.subheader("Faces to decide")
 total = app.one(queries.dashboard_review_total)["count"]
-offset = app.page_of(total, SHOWN, "review_page", "faces, oldest first")
-faces = app.rows(queries.dashboard_review_faces, {"limit": SHOWN, "offset": offset})
+faces = app.page(queries.dashboard_review_faces, {"limit": SHOWN}, "review_page")
+app.pager("review_page", faces, SHOWN, total, "faces, oldest first")
 if not faces:
     st.caption("No faces to decide. A face that looks like two persons almost equally waits here "
                "instead of being guessed.")

@@ -140,21 +140,34 @@ LIMIT %(limit)s;
 
 -- name: dashboard_persons
 -- A page of the gallery: persons whose label contains %(label)s ('' for all), hidden ones only
--- if %(show_hidden)s, ordered by %(sort)s ('faces', 'recent' or 'name'). The page is chosen from
--- telegram_topics alone (its maintained counts), then completed: faces and media items, first
--- and last seen (the dates of the messages they appear in), the cover (chosen, else best face).
-WITH page AS (
-    SELECT t.* FROM telegram_topics t
+-- if %(show_hidden)s, ordered by %(sort)s ('faces', 'recent' or 'name'), %(limit)s after the
+-- person whose cursor_* columns are the after_* parameters (all NULL: the first page). Keyset, not
+-- OFFSET: a page costs the same wherever it is. Every order is one ascending key (text, number,
+-- minus the face count, id), so one row comparison continues any of them. The page is chosen
+-- from telegram_topics alone (its maintained counts), then completed: faces and media items,
+-- first and last seen (the dates of the messages they appear in), the cover (chosen, else best face).
+WITH keyed AS (
+    SELECT t.*,
+           CASE WHEN %(sort)s = 'name' THEN lower(t.label) ELSE '' END AS cursor_text,
+           CASE WHEN %(sort)s = 'recent'
+                THEN coalesce(-extract(epoch FROM t.last_seen)::float8, 'Infinity') ELSE 0 END
+               AS cursor_number,
+           -t.embedding_count::bigint AS cursor_count, t.id AS cursor_id
+    FROM telegram_topics t
     WHERE t.merged_into IS NULL
       AND (%(show_hidden)s OR NOT t.hidden)
       AND position(lower(%(label)s) IN lower(t.label)) > 0
-    ORDER BY CASE WHEN %(sort)s = 'name' THEN lower(t.label) END,
-             CASE WHEN %(sort)s = 'recent' THEN t.last_seen END DESC NULLS LAST,
-             t.embedding_count DESC, t.id
-    LIMIT %(limit)s OFFSET %(offset)s
+), page AS (
+    SELECT * FROM keyed k
+    WHERE %(after_id)s::integer IS NULL
+       OR (k.cursor_text, k.cursor_number, k.cursor_count, k.cursor_id)
+          > (%(after_text)s::text, %(after_number)s::float8, %(after_count)s::bigint, %(after_id)s::integer)
+    ORDER BY k.cursor_text, k.cursor_number, k.cursor_count, k.cursor_id
+    LIMIT %(limit)s
 )
 SELECT t.id, t.label, t.label_is_manual, t.hidden, t.topic_id, t.hub_chat_id,
        s.faces, s.media, t.message_count AS posts,
+       t.cursor_text, t.cursor_number, t.cursor_count, t.cursor_id,
        coalesce(s.first_date, t.first_seen) AS first_seen,
        coalesce(s.last_date, t.last_seen) AS last_seen,
        cover.crop_jpeg AS cover
@@ -171,9 +184,7 @@ LEFT JOIN LATERAL (
     ORDER BY f.id = t.cover_face_id DESC, f.low_quality, f.quality_score DESC, f.id
     LIMIT 1
 ) cover ON TRUE
-ORDER BY CASE WHEN %(sort)s = 'name' THEN lower(t.label) END,
-         CASE WHEN %(sort)s = 'recent' THEN t.last_seen END DESC NULLS LAST,
-         t.embedding_count DESC, t.id;
+ORDER BY t.cursor_text, t.cursor_number, t.cursor_count, t.cursor_id;
 
 -- name: dashboard_persons_total
 -- How many persons the gallery's filter (%(label)s, %(show_hidden)s) finds.
@@ -216,11 +227,14 @@ LEFT JOIN LATERAL (
 WHERE t.id = %(person_id)s;
 
 -- name: dashboard_person_faces
--- Up to %(limit)s faces of person %(person_id)s, best first, from the %(offset)s-th on, with
--- where they come from.
+-- Up to %(limit)s faces of person %(person_id)s, best first (no quality first, as DESC puts
+-- NULL), after the face whose cursor_* columns are the after_* parameters (all NULL: the first page;
+-- keyset, not OFFSET), with where they come from.
 SELECT f.id, f.crop_jpeg, coalesce(f.quality_score, 0) AS quality_score, f.low_quality, f.det_score,
        f.match_similarity, f.assigned_by, f.source_chat_id, f.source_message_id, f.media_item_id, f.frame_time,
-       f.detection_timestamp, m.media_type, ch.chat_title, ch.chat_username
+       f.detection_timestamp, m.media_type, ch.chat_title, ch.chat_username,
+       f.low_quality AS cursor_low_quality,
+       coalesce(-f.quality_score, '-Infinity'::real) AS cursor_quality, f.id AS cursor_id
 FROM face_embeddings f
 LEFT JOIN media_items m ON m.id = f.media_item_id
 LEFT JOIN LATERAL (
@@ -232,12 +246,17 @@ LEFT JOIN LATERAL (
     ) known ORDER BY rank, id LIMIT 1
 ) ch ON TRUE
 WHERE f.topic_id = %(person_id)s
-ORDER BY f.low_quality, f.quality_score DESC, f.id
-LIMIT %(limit)s OFFSET %(offset)s;
+  AND (%(after_id)s::bigint IS NULL
+       OR (f.low_quality, coalesce(-f.quality_score, '-Infinity'::real), f.id)
+          > (%(after_low_quality)s::boolean, %(after_quality)s::real, %(after_id)s::bigint))
+ORDER BY f.low_quality, coalesce(-f.quality_score, '-Infinity'::real), f.id
+LIMIT %(limit)s;
 
 -- name: dashboard_person_media
 -- Up to %(limit)s media items of person %(person_id)s (with a face of it, or posted/due in its
--- topic), newest message first, with the source message and the post in its topic.
+-- topic), newest message first (undated last: as of 1900), after the item whose cursor_* columns are the
+-- after_* parameters (all NULL: the first page; keyset, not OFFSET), with the source message and the
+-- post in its topic.
 WITH items AS (
     SELECT media_item_id FROM face_embeddings
     WHERE topic_id = %(person_id)s AND media_item_id IS NOT NULL
@@ -249,7 +268,8 @@ SELECT m.id, m.media_type, m.source_chat_id, m.source_message_id, m.message_date
        ch.chat_title, ch.chat_username,
        (SELECT count(*) FROM face_embeddings f
         WHERE f.media_item_id = m.id AND f.topic_id = %(person_id)s) AS faces,
-       u.status AS post_status, u.uploaded_message_id, u.uploaded_at, u.last_error AS post_error
+       u.status AS post_status, u.uploaded_message_id, u.uploaded_at, u.last_error AS post_error,
+       coalesce(m.message_date, '1900-01-01 00:00+00') AS cursor_date, m.id AS cursor_id
 FROM items JOIN media_items m ON m.id = items.media_item_id
 LEFT JOIN uploaded_media u ON u.topic_id = %(person_id)s AND u.media_item_id = m.id
 LEFT JOIN LATERAL (
@@ -260,7 +280,9 @@ LEFT JOIN LATERAL (
         SELECT i.chat_title, NULL, 1, 0 FROM imported_chats i WHERE i.chat_id = m.source_chat_id
     ) known ORDER BY rank, id LIMIT 1
 ) ch ON TRUE
-ORDER BY m.message_date DESC NULLS LAST, m.id DESC
+WHERE %(after_id)s::bigint IS NULL
+   OR (coalesce(m.message_date, '1900-01-01 00:00+00'), m.id) < (%(after_date)s::timestamptz, %(after_id)s::bigint)
+ORDER BY coalesce(m.message_date, '1900-01-01 00:00+00') DESC, m.id DESC
 LIMIT %(limit)s;
 
 -- name: dashboard_persons_brief
@@ -356,10 +378,13 @@ LIMIT %(limit)s;
 
 -- name: dashboard_review_faces
 -- Faces waiting for the operator (one per video track: the track is answered as a whole),
--- oldest first, %(limit)s from the %(offset)s-th on, with their candidates as the matcher saw them and the ids of their unit.
+-- oldest first, %(limit)s after the face whose cursor_* columns are the after_* parameters (all NULL:
+-- the first page; keyset, not OFFSET), with their candidates as the matcher saw them and the
+-- ids of their unit.
 SELECT r.id, r.crop_jpeg, r.quality_score, r.match_similarity, r.review_candidates,
        r.source_chat_id, r.source_message_id, r.media_item_id, r.frame_time,
-       r.detection_timestamp, r.unit_ids, ch.chat_title, ch.chat_username
+       r.detection_timestamp, r.unit_ids, ch.chat_title, ch.chat_username,
+       coalesce(r.detection_timestamp, '3000-01-01 00:00+00') AS cursor_time, r.id AS cursor_id
 FROM (
     SELECT f.*, array_agg(f.id) OVER whole AS unit_ids, row_number() OVER best AS rank
     FROM face_embeddings f
@@ -376,8 +401,11 @@ LEFT JOIN LATERAL (
     ) known ORDER BY rank, id LIMIT 1
 ) ch ON TRUE
 WHERE r.rank = 1
-ORDER BY r.detection_timestamp, r.id
-LIMIT %(limit)s OFFSET %(offset)s;
+  AND (%(after_id)s::bigint IS NULL
+       OR (coalesce(r.detection_timestamp, '3000-01-01 00:00+00'), r.id)
+          > (%(after_time)s::timestamptz, %(after_id)s::bigint))
+ORDER BY coalesce(r.detection_timestamp, '3000-01-01 00:00+00'), r.id
+LIMIT %(limit)s;
 
 -- name: dashboard_review_total
 SELECT count(DISTINCT (media_item_id, coalesce(track_id::bigint, -id)))
@@ -396,13 +424,16 @@ SELECT engine, dimension FROM face_engine WHERE EXISTS (SELECT 1 FROM face_embed
 SELECT set_config('hnsw.ef_search', %(ef_search)s, true);
 
 -- name: dashboard_nearest_persons
--- The persons (followed through merges) among the %(k)s stored faces nearest to %(embedding)s,
--- best similarity first, at most %(persons)s. The filter comes after the index's top-k.
+-- The persons (followed through merges) among the %(k)s faces of persons nearest to
+-- %(embedding)s, best similarity first, at most %(persons)s. "Of persons" is inside the index
+-- scan (iterative, database.SESSION_SETTINGS): pending faces near the photo take no place.
+-- For 512-d embeddings the distance is rewritten to the halfvec index's (Queries.for_dimension).
 SELECT coalesce(t.merged_into, t.id) AS person_id, max(n.similarity) AS similarity,
        count(*) AS near_faces
 FROM (
     SELECT topic_id, 1 - (embedding <=> %(embedding)s) AS similarity
     FROM face_embeddings
+    WHERE topic_id IS NOT NULL
     ORDER BY embedding <=> %(embedding)s
     LIMIT %(k)s
 ) n

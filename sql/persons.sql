@@ -10,16 +10,23 @@
 SELECT set_config('hnsw.ef_search', %(ef_search)s, true);
 
 -- name: persons_knn
--- The %(k)s faces nearest to %(embedding)s by cosine distance (the HNSW index answers the inner
--- query), then only those at least %(min_similarity)s similar: the filter comes after the top-k,
--- because a WHERE inside would make pgvector scan until it finds k rows that pass.
+-- The %(k)s faces nearest to %(embedding)s by cosine distance, leaving out the faces of media
+-- item %(media_item_id)s (NULL: none) and the faces %(skip_ids)s, then only those at least
+-- %(min_similarity)s similar. The exclusions are inside the index scan, so that with
+-- hnsw.iterative_scan (database.SESSION_SETTINGS) the scan goes on until k faces pass them
+-- (a stored face is its own nearest neighbour: outside, it would take one of the k places).
+-- The similarity filter comes after the top-k: inside, a face with fewer than k neighbours
+-- above it would make the scan run on to hnsw.max_scan_tuples.
 -- person_id follows merged_into (matching never lands on an absorbed person).
+-- For 512-d embeddings the distance is rewritten to the halfvec index's (Queries.for_dimension).
 SELECT n.id, n.state, n.media_item_id, n.track_id, n.low_quality, n.similarity,
        COALESCE(t.merged_into, t.id) AS person_id
 FROM (
     SELECT id, topic_id, state, media_item_id, track_id, low_quality,
            1 - (embedding <=> %(embedding)s) AS similarity
     FROM face_embeddings
+    WHERE (media_item_id = %(media_item_id)s::bigint) IS NOT TRUE
+      AND id <> ALL(%(skip_ids)s::bigint[])
     ORDER BY embedding <=> %(embedding)s
     LIMIT %(k)s
 ) AS n
@@ -71,17 +78,23 @@ VALUES (
 RETURNING id;
 
 -- name: persons_seed_candidates
--- Pending faces that may found a person with %(embedding)s: among its %(k)s nearest faces,
--- those waiting in the pending pool, good enough to seed, at least %(min_similarity)s similar.
+-- Pending faces that may found a person with %(embedding)s: its %(k)s nearest faces among those
+-- waiting in the pending pool, good enough to seed and not of media item %(media_item_id)s,
+-- then those at least %(min_similarity)s similar. The pool filter is inside the index scan
+-- (iterative, database.SESSION_SETTINGS): outside, a crowd of assigned faces near a pending
+-- one would hide the pending faces behind it. The similarity filter comes after (see
+-- persons_knn); hnsw.max_scan_tuples bounds the scan where few pending faces are near.
 SELECT n.id, n.media_item_id, n.track_id, n.embedding, n.similarity
 FROM (
-    SELECT id, media_item_id, track_id, state, low_quality, embedding,
+    SELECT id, media_item_id, track_id, embedding,
            1 - (embedding <=> %(embedding)s) AS similarity
     FROM face_embeddings
+    WHERE state = 'pending' AND NOT low_quality
+      AND (media_item_id = %(media_item_id)s::bigint) IS NOT TRUE
     ORDER BY embedding <=> %(embedding)s
     LIMIT %(k)s
 ) AS n
-WHERE n.state = 'pending' AND NOT n.low_quality AND n.similarity >= %(min_similarity)s
+WHERE n.similarity >= %(min_similarity)s
 ORDER BY n.similarity DESC;
 
 -- name: persons_pending_units
@@ -373,7 +386,9 @@ COPY face_embeddings (topic_id, state, source_chat_id, source_message_id, qualit
 FROM STDIN WITH (FORMAT BINARY);
 
 -- name: bench_drop_index
+-- Both HNSW indexes (a 512-d schema has the halfvec one): the bench builds the column's own.
 DROP INDEX IF EXISTS idx_embeddings_vector;
+DROP INDEX IF EXISTS idx_embeddings_halfvec;
 
 -- name: bench_build_settings
 -- Memory and workers for building the HNSW index (the graph must fit in maintenance_work_mem).

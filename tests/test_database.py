@@ -117,8 +117,9 @@ def test_a_database_made_by_the_seed_script_upgrades_and_keeps_its_rows(empty_db
         assert conn.execute("SELECT chat_title, last_processed_message_id, state FROM scan_checkpoints"
                             ).fetchall() == [("Family", 5, "active")]
         assert conn.execute("SELECT count(*) FROM processing_errors").fetchone() == (1,)
-        index = conn.execute("SELECT indexdef FROM pg_indexes WHERE indexname = 'idx_embeddings_vector'").fetchone()[0]
-    assert "hnsw" in index and "ivfflat" not in index
+        index = conn.execute("SELECT indexdef FROM pg_indexes WHERE indexname = 'idx_embeddings_halfvec'").fetchone()[0]
+        assert conn.execute("SELECT to_regclass('idx_embeddings_vector')").fetchone()[0] is None
+    assert "hnsw" in index and "halfvec(512)" in index  # 512-d: the half-precision index (0006)
     # Its 512-d faces were made by ArcFace: that engine is accepted, another one is refused.
     with pytest.raises(database.EngineMismatch):
         database.ensure_engine(empty_db, "dlib", 128)
