@@ -34,6 +34,7 @@ from telethon.tl.types import messages as tl_messages
 
 from telegram_joins import JoinRequests
 from telegram_server import FakeSender, TelegramServer
+from telegram_world import fault_error
 
 
 class HarnessServer(JoinRequests, TelegramServer):
@@ -148,7 +149,9 @@ class Network:
     def fail_after(self, request: str, error: str, *, after: int, phone: str | None = None,
                    chat: int | None = None, times: int | None = 1) -> None:
         """Let `after` `request`s (of `phone`, about `chat`: a marked id) through, then the next
-        `times` fail with `error` (as `TelegramServer.fail`; None: all)."""
+        `times` (None: all) fail with `error`: as `TelegramServer.fail` (but never applied), or
+        "TypeError"/"TimeoutError" raised beneath Telethon. `request` may also be one the server
+        answers on its own, such as the "GetConfigRequest" of every (re)connection."""
         self._later.append(dict(request=request, error=error, after=after, phone=phone, chat=chat, times=times))
 
     def requests(self, name: str, phone: str | None = None) -> list[Any]:
@@ -176,8 +179,9 @@ class Network:
                     later["after"] -= 1
                     continue
                 self._count_down(self._later, later)
-                self.server.fail(name, later["error"], phone=phone)
-                break
+                if later["error"] in ("TypeError", "TimeoutError"):   # Telethon or asyncio failing beneath
+                    raise {"TypeError": TypeError, "TimeoutError": TimeoutError}[later["error"]]("fake failure")
+                raise fault_error(later["error"])
         result = await self._handle(phone, request)
         if phone in self.offline:        # the network went down while this was on its way back
             raise ConnectionError("fake Telegram: the network is down")
