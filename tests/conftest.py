@@ -165,8 +165,9 @@ def face_labels() -> dict:
 
 @pytest.fixture
 async def h(tmp_path, pool):
-    """A fake Telegram world and the daemon's Telegram side on `pool` (fake_telegram.Harness)."""
-    from fake_telegram import Harness
-    harness = Harness(tmp_path, pool)
+    """The fake Telegram server beneath real Telethon clients, and the daemon's Telegram side on
+    `pool` (tests/server_harness.py)."""
+    from server_harness import ServerHarness
+    harness = ServerHarness(tmp_path, pool)
     yield harness
     await harness.close()

@@ -33,12 +33,14 @@ from telethon.tl import functions
 from telethon.tl.types import messages as tl_messages
 
 from telegram_joins import JoinRequests
+from telegram_logins import LoginRequests
 from telegram_server import FakeSender, TelegramServer
 from telegram_world import fault_error
 
 
-class HarnessServer(JoinRequests, TelegramServer):
-    """The fake Telegram server, also answering the requests that find and join chats."""
+class HarnessServer(LoginRequests, JoinRequests, TelegramServer):
+    """The fake Telegram server, also answering the requests that log in (tests/telegram_logins.py)
+    and that find and join chats (tests/telegram_joins.py)."""
 
 
 class ServerHarness:

@@ -17,7 +17,7 @@ import pytest
 
 from media_fixtures import faces_dir
 from server_harness import ServerHarness, eventually, run_components
-from test_telegram_scan import _has_job, _mode, checkpoint, h, history, job_ids  # noqa: F401  (fixture h)
+from test_telegram_scan import _has_job, _mode, checkpoint, history, job_ids
 from test_uploader import rows
 from test_uploader import analysed, due, make_person, outbox, world_with_chat
 

@@ -14,17 +14,10 @@ from psycopg.rows import dict_row
 
 from media_fixtures import faces_dir
 from scanners import classify
-from server_harness import ServerHarness, eventually, run_components
+from server_harness import eventually, run_components
 
 FACES = faces_dir()
 A, B = "+15550001", "+15550002"
-
-
-@pytest.fixture
-async def h(tmp_path, pool):
-    harness = ServerHarness(tmp_path, pool)
-    yield harness
-    await harness.close()
 
 
 async def rows(pool, query: str, *params) -> list[dict]:
