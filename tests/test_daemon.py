@@ -14,7 +14,6 @@ that shows a person posted into that person's topic exactly once, and nothing el
 from __future__ import annotations
 
 import asyncio
-import random
 import re
 import signal
 import subprocess
@@ -31,7 +30,7 @@ import database
 from conftest import ROOT, create_database, pg_ctl, pg_ctl_start
 from server_harness import HarnessServer, Network
 from telegram_wire import serve
-from test_daemon_workers import Daemon, process_gone, wait_until
+from test_daemon_workers import Daemon, wait_until
 
 PHONE = "+15550001"
 # joe_biden_01 and _03 are 0.945 alike (dlib), exactly the seeding threshold calibrated on
