@@ -92,8 +92,23 @@ class World:
         self.files[(chat, message_id)] = name
         return message_id
 
+    def set_online(self, online: bool) -> None:
+        """The network between the daemon and Telegram goes away (its connections drop, and
+        connecting fails at once, as with no route) or comes back."""
+        if online:
+            if self.listener is None:
+                self.listener = self.call(serve, self.server, self.socket)
+            self.call(self.network.set_online, PHONE, True)
+        else:
+            self.call(self.network.set_online, PHONE, False)
+            if self.listener is not None:
+                self.call(self.listener.close)
+                self.listener = None
+                self.socket.unlink(missing_ok=True)
+
     def close(self) -> None:
-        self.call(self.listener.close)
+        if self.listener is not None:
+            self.call(self.listener.close)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
 
@@ -238,7 +253,7 @@ def test_the_database_restarting_and_a_telegram_outage_are_survived(tmp_path, fa
         assert re.search(r"database is unavailable|error connecting", d.text())   # it did see the outage
 
         wait_until(lambda: health().returncode == 0, daemons=[d], timeout=30)
-        w.call(w.network.set_online, PHONE, False)
+        w.set_online(False)
         w.post(w.chat, OBAMA[2])
         w.post(w.chat, BOTH)
         time.sleep(5)
@@ -246,7 +261,7 @@ def test_the_database_restarting_and_a_telegram_outage_are_survived(tmp_path, fa
         wait_until(lambda: "Telegram has been unreachable for account +15…01" in health().stdout,
                    daemons=[d], timeout=60)
         assert "5550001" not in health().stdout           # never a phone number
-        w.call(w.network.set_online, PHONE, True)
+        w.set_online(True)
         wait_until(lambda: w.settled() and health().returncode == 0, daemons=[d], timeout=120)
         assert d.stop()[0] == 0
         assert_posted_exactly_once(w)

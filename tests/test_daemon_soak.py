@@ -72,9 +72,9 @@ def test_random_faults_lose_nothing_and_post_nothing_twice(tmp_path, faces_dir, 
             fault = rng.choice(["network", "flood", "hang", "kill", "database", "live", "live"])
             faults[fault] += 1
             if fault == "network":
-                w.call(w.network.set_online, PHONE, False)
+                w.set_online(False)
                 time.sleep(rng.uniform(3, 12))
-                w.call(w.network.set_online, PHONE, True)
+                w.set_online(True)
             elif fault == "flood":
                 request = rng.choice(["GetFileRequest", "SendMediaRequest"])   # a download, a post
                 w.call(w.server.fail, request, f"FLOOD_WAIT_{rng.randint(2, 5)}")
@@ -100,7 +100,7 @@ def test_random_faults_lose_nothing_and_post_nothing_twice(tmp_path, faces_dir, 
         if "corrupt" not in faults:
             post_corrupt(w, corrupt)
         w.call(w.server.faults.clear)
-        w.call(w.network.set_online, PHONE, True)
+        w.set_online(True)
         wait_until(w.settled, daemons=[d], timeout=300)
         time.sleep(1.0)
         assert d.stop()[0] == 0
