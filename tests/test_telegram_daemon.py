@@ -14,6 +14,7 @@ from test_daemon import BIDEN, BOTH, NOBODY, OBAMA, World, assert_posted_exactly
 from test_daemon_workers import Daemon, process_gone, wait_until
 
 PHONE = "+15550001"
+ServedWorld = World          # its name when it lived here
 
 
 @pytest.fixture
