@@ -1,7 +1,7 @@
 """Telegram accounts: one client per active account, shared by every component of this process.
 
 - A client is made by a *client factory* `factory(account, settings)`: `telethon_client` in
-  production; the tests pass `tests/fake_telegram.py`'s. Nothing else constructs clients.
+  production; the tests pass the fake Telegram server's (tests/telegram_server.py). Nothing else constructs clients.
 - One session file, one process (DESIGN §2): a session is SQLite, and two processes using it
   corrupt each other's state ("database is locked", then `AuthKeyDuplicatedError`). The registry
   takes an exclusive lock on `<session>.lock` for as long as it holds the client, and
@@ -300,11 +300,13 @@ class AccountRegistry:
         from telethon import errors
 
         client, account = held.client, held.account
-        await asyncio.wait_for(client.connect(), self.connect_timeout)
-        protect_session(account.session_path)
         # get_me, not is_user_authorized: the latter answers False for *any* RPC error (a flood
         # wait, a server hiccup), which would mark a logged-in account as logged out for good.
+        # Telethon's connect() itself asks get_me when it has no update state yet (every fresh
+        # process): its RPC errors come out of connect(), and are handled the same way.
         try:
+            await asyncio.wait_for(client.connect(), self.connect_timeout)
+            protect_session(account.session_path)
             me = await client.get_me()   # None when the session is not logged in
         except (errors.UnauthorizedError, errors.AuthKeyError) as exc:
             me = exc
@@ -399,6 +401,9 @@ class AccountRegistry:
                     else:
                         await asyncio.wait_for(held.client.connect(), self.connect_timeout)
                 except (OSError, asyncio.TimeoutError, errors.RPCError) as exc:
+                    # connect() can fail after the connection is up (Telegram refused its first
+                    # request): disconnect, or is_connected() stays true and it is never retried.
+                    await _disconnect(held.client)
                     logger.warning("account %s is offline (%s); trying again in %.0f s",
                                    held.account.id, exc, self.check_interval)
                     continue

@@ -42,8 +42,9 @@ def pg_server():
     try:
         # Stopped here, not by cleanup(): that checks the postmaster it started, and a test that
         # restarted the server (test_database) left it a dead one, so it deleted the directory
-        # of a server that ran on.
-        pg_ctl(server, "-w", "stop", "-m", "fast")
+        # of a server that ran on. Immediate: its data is deleted next, so the shutdown checkpoint
+        # (every dirty page of hundreds of test databases; minutes on a busy machine) is waste.
+        pg_ctl(server, "-w", "stop", "-m", "immediate")
     except Exception:  # already stopped
         pass
     try:
@@ -165,8 +166,9 @@ def face_labels() -> dict:
 
 @pytest.fixture
 async def h(tmp_path, pool):
-    """A fake Telegram world and the daemon's Telegram side on `pool` (fake_telegram.Harness)."""
-    from fake_telegram import Harness
-    harness = Harness(tmp_path, pool)
+    """The fake Telegram server beneath real Telethon clients, and the daemon's Telegram side on
+    `pool` (tests/server_harness.py)."""
+    from server_harness import ServerHarness
+    harness = ServerHarness(tmp_path, pool)
     yield harness
     await harness.close()

@@ -4,12 +4,10 @@
 
 - Timings are shortened (`main.Tuning`): leases of a few seconds, so that the jobs of a process
   killed with -9 come back in seconds, not a minute; a heartbeat file every second.
-- With FA_FAKE_TELEGRAM=<state file>, the Telegram clients are `tests/fake_telegram.py`'s fake
-  client keeping its state (chats, messages, topics, posts) in that JSON file, so a test can
-  build a world, run the daemon in a subprocess against it, kill it, and read what it posted.
 - With FA_TELEGRAM_SERVER=<unix socket>, the clients are real TelegramClients talking to the
   fake Telegram *server* a test serves on that socket (tests/telegram_wire.py): everything of
-  Telethon above the network runs in the daemon, and the world stays in the test process.
+  Telethon above the network runs in the daemon, and the world stays in the test process, so a
+  test can build a world, run the daemon against it, kill it, and read what it posted.
 """
 
 from __future__ import annotations
@@ -34,10 +32,6 @@ def hooks() -> main.Hooks:
     from telegram_client import TelegramTuning
 
     factory = None
-    state = os.environ.get("FA_FAKE_TELEGRAM")
-    if state:
-        import fake_telegram
-        factory = fake_telegram.client_factory(Path(state))
     server = os.environ.get("FA_TELEGRAM_SERVER")
     if server:
         import telegram_wire

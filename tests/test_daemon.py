@@ -1,7 +1,11 @@
-"""The whole daemon (`python main.py run`, role all) in a subprocess, against the fake Telegram
-(tests/fake_telegram.py, file-backed) and a real PostgreSQL, with the real dlib engine:
-history to posts in persons' topics, live messages, kill -9 at random moments, the database
-restarting under it, SIGTERM.
+"""The whole daemon (`python main.py run`, role all) in a subprocess, with real Telethon clients
+against the fake Telegram server (tests/telegram_server.py, served from this process by
+tests/telegram_wire.py) and a real PostgreSQL, with the real dlib engine:
+history to posts in persons' topics, live messages, the database restarting under it, a
+Telegram outage, SIGTERM.
+
+kill -9 at random moments is test_telegram_daemon.py's, together with lost answers (one run of
+the same world serves both).
 
 What a user would check in the hub: one topic per person seen often enough, every media item
 that shows a person posted into that person's topic exactly once, and nothing else.
@@ -9,11 +13,12 @@ that shows a person posted into that person's topic exactly once, and nothing el
 
 from __future__ import annotations
 
-import random
+import asyncio
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -23,8 +28,9 @@ import pytest
 
 import database
 from conftest import ROOT, create_database, pg_ctl, pg_ctl_start
-from fake_telegram import FakeWorld
-from test_daemon_workers import Daemon, process_gone, wait_until
+from server_harness import HarnessServer, Network
+from telegram_wire import serve
+from test_daemon_workers import Daemon, wait_until
 
 PHONE = "+15550001"
 # joe_biden_01 and _03 are 0.945 alike (dlib), exactly the seeding threshold calibrated on
@@ -40,18 +46,30 @@ NOBODY = ["kamala_harris_01.jpg", "noface_cat.png"]   # seen once, or no face at
 
 
 class World:
-    """A fake Telegram with one account, a hub, and a family chat full of photos."""
+    """A fake Telegram server (tests/telegram_server.py) with one account, a hub and a family chat
+    full of photos, served on a Unix socket (tests/telegram_wire.py) by an event loop in a thread
+    of this process: the daemon in a subprocess uses real TelegramClients against it
+    (FA_TELEGRAM_SERVER). The server's state is only touched in that loop (`call`)."""
 
     def __init__(self, base: Path, faces_dir: Path, conninfo: str, photos: list[str]):
-        self.world = FakeWorld.create(base / "world.json")
-        self.world.add_account(PHONE)
-        self.hub = self.world.add_hub("Faces hub", members=[PHONE], admins=[PHONE])
-        self.chat = self.world.add_chat("Family", kind="supergroup", members=[PHONE])
+        self.server = HarnessServer()
+        self.network = Network(self.server)
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.socket = base / "telegram.sock"
+        self.listener = self.call(serve, self.server, self.socket)
         self.faces_dir = faces_dir
         self.conninfo = conninfo
         self.files: dict[tuple[int, int], str] = {}     # (chat, message) -> file name
+        self.server.add_account(PHONE)
+        self.hub = self.server.add_hub("Faces hub", members=[PHONE])
+        self.chat = self.server.add_chat("Family", kind="supergroup", members=[PHONE])
         for name in photos:
             self.post(self.chat, name, deliver=False)   # history, before the daemon ever ran
+        sessions = base / "data" / "sessions"
+        sessions.mkdir(parents=True, exist_ok=True)
+        self.server.login(PHONE, sessions / "15550001.session")
         with psycopg.connect(conninfo) as conn:
             account = conn.execute("INSERT INTO telegram_accounts (phone_number, session_file_path) "
                                    "VALUES (%s, %s) RETURNING id", (PHONE, "15550001.session")).fetchone()[0]
@@ -59,31 +77,61 @@ class World:
                          "VALUES (%s, %s, 'Family', 'supergroup')", (account, self.chat))
         self.env = {"TG_API_ID": "12345", "TG_API_HASH": "0123456789abcdef0123456789abcdef",
                     "HUB_GROUP_ID": str(self.hub), "FLOOD_SLEEP_THRESHOLD": "0", "HUB_POSTS_PER_MINUTE": "60",
-                    "FA_FAKE_TELEGRAM": str(self.world.path)} | PHOTOS_ENV
+                    "FA_TELEGRAM_SERVER": str(self.socket)} | PHOTOS_ENV
+
+    def call(self, fn, *args, **kwargs):
+        """Run `fn` (a function or a coroutine function) in the server's loop; its result."""
+        async def run():
+            result = fn(*args, **kwargs)
+            return await result if asyncio.iscoroutine(result) else result
+        return asyncio.run_coroutine_threadsafe(run(), self.loop).result(30)
 
     def post(self, chat: int, name: str, *, deliver: bool = True) -> int:
-        message_id = self.world.post(chat, self.world.photo(self.faces_dir / name), text=name, deliver=deliver)
+        media = self.call(self.server.photo, self.faces_dir / name)
+        message_id = self.call(self.server.post, chat, media, text=name, deliver=deliver)
         self.files[(chat, message_id)] = name
         return message_id
+
+    def set_online(self, online: bool) -> None:
+        """The network between the daemon and Telegram goes away (its connections drop, and
+        connecting fails at once, as with no route) or comes back."""
+        if online:
+            if self.listener is None:
+                self.listener = self.call(serve, self.server, self.socket)
+            self.call(self.network.set_online, PHONE, True)
+        else:
+            self.call(self.network.set_online, PHONE, False)
+            if self.listener is not None:
+                self.call(self.listener.close)
+                self.listener = None
+                self.socket.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        if self.listener is not None:
+            self.call(self.listener.close)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
 
     def hub_content(self) -> dict[int, list[str]]:
         """{topic id: [file name of each post's source message, in order]} ('cover' for the crop)."""
         content: dict[int, list[str]] = {}
-        raw = {self.world.chat(self.chat)["raw_id"]: self.chat}
-        for post in self.world.posts(self.hub):
-            link = re.search(r"t\.me/c/(\d+)/(\d+)", post["text"] or "")
+        raw = {self.server.chats[chat].raw_id: chat for chat, _ in self.files}
+        for post in self.call(self.server.posts, self.hub):
+            link = re.search(r"t\.me/c/(\d+)/(\d+)", post.text or "")
             name = self.files[(raw[int(link.group(1))], int(link.group(2)))] if link else "cover"
-            content.setdefault(post["topic"], []).append(name)
+            content.setdefault(post.topic, []).append(name)
         return content
 
     def settled(self) -> bool:
-        """Every job finished and every due post sent."""
+        """Every job finished and every due post sent (read in one statement: one snapshot, so
+        jobs inserted between two reads cannot look finished)."""
         with psycopg.connect(self.conninfo) as conn:
-            open_jobs = conn.execute("SELECT count(*) FROM media_jobs WHERE status IN ('queued', 'staged')").fetchone()[0]
-            jobs = conn.execute("SELECT count(*) FROM media_jobs").fetchone()[0]
-            unsent = conn.execute("SELECT count(*) FROM uploaded_media WHERE status <> 'posted'").fetchone()[0]
-            topics = conn.execute("SELECT count(*) FROM telegram_topics WHERE topic_id IS NULL "
-                                  "AND merged_into IS NULL AND NOT hidden").fetchone()[0]
+            jobs, open_jobs, unsent, topics = conn.execute(
+                """SELECT (SELECT count(*) FROM media_jobs),
+                          (SELECT count(*) FROM media_jobs WHERE status IN ('queued', 'staged')),
+                          (SELECT count(*) FROM uploaded_media WHERE status <> 'posted'),
+                          (SELECT count(*) FROM telegram_topics WHERE topic_id IS NULL
+                                  AND merged_into IS NULL AND NOT hidden)""").fetchone()
         return jobs == len(self.files) and open_jobs == 0 and unsent == 0 and topics == 0
 
 
@@ -94,7 +142,9 @@ def assert_posted_exactly_once(w: World) -> dict[str, int]:
         posted = conn.execute("SELECT count(*) FROM uploaded_media WHERE status = 'posted'").fetchone()[0]
         jobs = Counter(s for (s,) in conn.execute("SELECT status FROM media_jobs"))
         held = conn.execute("SELECT count(*) FROM media_jobs WHERE lease_owner IS NOT NULL").fetchone()[0]
+        failed = conn.execute("SELECT count(*) FROM uploaded_media WHERE status = 'failed'").fetchone()[0]
     assert jobs == Counter({"done": len(w.files)}) and held == 0, jobs
+    assert failed == 0
     assert len(content) == 2, f"two persons, two topics: {content}"
     topic_of: dict[str, set[int]] = {}
     for topic, names in content.items():
@@ -131,50 +181,49 @@ def daemons():
         d.kill()
 
 
+@pytest.fixture
+def worlds():
+    """World(...) for a test, closed after it (and after its daemons: fixtures end in reverse)."""
+    made: list[World] = []
+
+    def make(*args) -> World:
+        made.append(World(*args))
+        return made[-1]
+    yield make
+    for w in made:
+        w.close()
+
+
 # ---------------------------------------------------------------------------------------------
 
 
-def test_history_and_live_messages_end_up_in_the_persons_topics(tmp_path, db, faces_dir, daemons):
-    w = World(tmp_path, faces_dir, db, OBAMA[:2] + BIDEN + [BOTH] + NOBODY)
+def test_history_and_live_messages_end_up_in_the_persons_topics(tmp_path, db, faces_dir, worlds, daemons):
+    w = worlds(tmp_path, faces_dir, db, OBAMA[:2] + BIDEN + [BOTH] + NOBODY)
     d = Daemon(tmp_path, db, "run", env=w.env)
     health = [sys.executable, str(ROOT / "main.py"), "--env-file", str(tmp_path / "none.env"), "health"]
     daemons.append(d.start())
     wait_until(w.settled, daemons=[d], timeout=120)
     # While it runs: a new photo arrives (live), and an old one is forwarded to another chat.
     w.post(w.chat, OBAMA[2])
-    other = w.world.add_chat("Friends", kind="supergroup", members=[PHONE])
+    other = w.call(w.server.add_chat, "Friends", kind="supergroup", members=[PHONE])
     with psycopg.connect(db) as conn:
         conn.execute("INSERT INTO scan_checkpoints (account_id, chat_id, chat_title, chat_type) "
                      "SELECT id, %s, 'Friends', 'supergroup' FROM telegram_accounts", (other,))
     first = next(m for (c, m), n in w.files.items() if n == OBAMA[0])
-    w.files[(other, w.world.forward(w.chat, first, other))] = OBAMA[0]
+    w.files[(other, w.call(w.server.forward, w.chat, first, other))] = OBAMA[0]
     wait_until(lambda: w.settled() and OBAMA[2] in sum(w.hub_content().values(), []), daemons=[d], timeout=60)
     assert subprocess.run(health, cwd=tmp_path, env=d.env, capture_output=True).returncode == 0
     code, took = d.stop(signal.SIGTERM)
     assert code == 0 and took < 30, d.text()[-3000:]
     assert_posted_exactly_once(w)
-    assert w.world.downloads() == len(w.files) - 1        # the forwarded copy was not fetched again
+    assert w.call(w.server.downloads_total) == len(w.files) - 1   # the forwarded copy was not fetched again
 
 
-def test_kill_9_ten_times_then_restart_posts_everything_exactly_once(tmp_path, db, faces_dir, daemons):
-    w = World(tmp_path, faces_dir, db, OBAMA + BIDEN + [BOTH] + NOBODY)
-    d = Daemon(tmp_path, db, "run", env=w.env | {"NUM_WORKERS": "1"})
-    rng = random.Random(9)
-    for _ in range(10):
-        daemons.append(d.start())
-        time.sleep(rng.uniform(2.0, 6.0))                 # start-up takes ~3 s: kills land everywhere
-        d.kill()
-    pids = d.analysis_pids()
-    wait_until(lambda: all(process_gone(pid) for pid in pids), timeout=5)   # no orphans left computing
-    daemons.append(d.start())
-    wait_until(w.settled, daemons=[d], timeout=150)
-    time.sleep(1.0)                                       # anything still to (wrongly) happen, happens
-    assert d.stop()[0] == 0
-    assert_posted_exactly_once(w)
-
-
-def test_the_database_restarting_under_the_daemon_is_survived(tmp_path, faces_dir, daemons):
-    """A dedicated server, stopped for longer than a lease and started again mid-run."""
+def test_the_database_restarting_and_a_telegram_outage_are_survived(tmp_path, faces_dir, worlds, daemons):
+    """One daemon, on a dedicated server: the database stops for longer than a lease and starts
+    again mid-run; later the network goes away: `main.py health` says so once it has lasted
+    HEALTH_OUTAGE_SECONDS, and is healthy again after; the photos posted meanwhile (their live
+    updates lost, as Telegram loses them for an offline client) are found and posted, once."""
     import os
 
     os.chmod(tmp_path, 0o755)
@@ -187,18 +236,34 @@ def test_the_database_restarting_under_the_daemon_is_survived(tmp_path, faces_di
         db = psycopg.conninfo.make_conninfo(admin, dbname="fa")
         database.migrate(db)
         database.ensure_engine(db, "dlib", 128)
-        w = World(tmp_path, faces_dir, db, OBAMA[:2] + BIDEN + [BOTH])
-        d = Daemon(tmp_path, db, "run", env=w.env | {"NUM_WORKERS": "1"})
+        w = worlds(tmp_path, faces_dir, db, OBAMA[:2] + BIDEN)
+        d = Daemon(tmp_path, db, "run", env=w.env | {"NUM_WORKERS": "1", "HEALTH_OUTAGE_SECONDS": "10"})
+        command = [sys.executable, str(ROOT / "main.py"), "--env-file", str(tmp_path / "none.env"), "health"]
+
+        def health() -> subprocess.CompletedProcess:
+            return subprocess.run(command, cwd=tmp_path, env=d.env, capture_output=True, text=True)
+
         daemons.append(d.start())
         d.wait_log(r"job \d+ .*: done", timeout=60)
         pg_ctl(server, "-w", "-m", "fast", "stop")
         time.sleep(4)                                     # longer than a lease
         assert d.proc.poll() is None, d.text()[-3000:]
         pg_ctl_start(server)
-        w.post(w.chat, OBAMA[2])                          # and life goes on
         wait_until(w.settled, daemons=[d], timeout=120)
-        assert d.stop()[0] == 0
         assert re.search(r"database is unavailable|error connecting", d.text())   # it did see the outage
+
+        wait_until(lambda: health().returncode == 0, daemons=[d], timeout=30)
+        w.set_online(False)
+        w.post(w.chat, OBAMA[2])
+        w.post(w.chat, BOTH)
+        time.sleep(5)
+        assert health().returncode == 0                   # a short cut is not (yet) a problem
+        wait_until(lambda: "Telegram has been unreachable for account +15…01" in health().stdout,
+                   daemons=[d], timeout=60)
+        assert "5550001" not in health().stdout           # never a phone number
+        w.set_online(True)
+        wait_until(lambda: w.settled() and health().returncode == 0, daemons=[d], timeout=120)
+        assert d.stop()[0] == 0
         assert_posted_exactly_once(w)
     finally:
         for d in daemons:
@@ -208,31 +273,3 @@ def test_the_database_restarting_under_the_daemon_is_survived(tmp_path, faces_di
         except subprocess.CalledProcessError:
             pass
         server.cleanup()
-
-
-def test_a_telegram_outage_is_reported_while_it_lasts_and_loses_nothing(tmp_path, db, faces_dir, daemons):
-    """The network goes away under the running daemon: `main.py health` says so once it has lasted
-    HEALTH_OUTAGE_SECONDS, and is healthy again after; the photos posted meanwhile (their live
-    updates lost, as Telegram loses them for an offline client) are found and posted, once."""
-    w = World(tmp_path, faces_dir, db, OBAMA[:2] + BIDEN)
-    d = Daemon(tmp_path, db, "run", env=w.env | {"HEALTH_OUTAGE_SECONDS": "10"})
-    command = [sys.executable, str(ROOT / "main.py"), "--env-file", str(tmp_path / "none.env"), "health"]
-
-    def health() -> subprocess.CompletedProcess:
-        return subprocess.run(command, cwd=tmp_path, env=d.env, capture_output=True, text=True)
-
-    daemons.append(d.start())
-    wait_until(w.settled, daemons=[d], timeout=120)
-    wait_until(lambda: health().returncode == 0, daemons=[d], timeout=30)
-    w.world.set_online(PHONE, False)
-    w.post(w.chat, OBAMA[2])
-    w.post(w.chat, BOTH)
-    time.sleep(5)
-    assert health().returncode == 0                         # a short cut is not (yet) a problem
-    wait_until(lambda: "Telegram has been unreachable for account +15…01" in health().stdout,
-               daemons=[d], timeout=60)
-    assert "5550001" not in health().stdout                 # never a phone number
-    w.world.set_online(PHONE, True)
-    wait_until(lambda: w.settled() and health().returncode == 0, daemons=[d], timeout=120)
-    assert d.stop()[0] == 0
-    assert_posted_exactly_once(w)

@@ -1,5 +1,5 @@
 """A soak test: the whole daemon (a subprocess, role all, real dlib, real PostgreSQL on a server of
-its own) against the fake Telegram, while faults are injected at random: network cuts, flood
+its own) against the fake Telegram server (test_daemon.World: real Telethon clients), while faults are injected at random: network cuts, flood
 waits on downloads and posts, downloads that hang, kill -9 (and a restart), the database server
 stopped and started again, and a poison video among the live messages. At the end every message
 is done, or failed with its reason recorded (only the poison video), no post is missing or
@@ -21,7 +21,7 @@ import psycopg
 import database
 from conftest import pg_ctl, pg_ctl_start
 from test_daemon import BIDEN, BOTH, NOBODY, OBAMA, PHONE, World, assert_posted_exactly_once  # noqa: F401
-from test_daemon import daemons  # noqa: F401
+from test_daemon import daemons, worlds  # noqa: F401
 from test_daemon_workers import Daemon, wait_until
 
 SOAK_SECONDS = float(os.environ.get("FA_SOAK_SECONDS", "45"))
@@ -49,7 +49,7 @@ class Server:
         self.server.cleanup()
 
 
-def test_random_faults_lose_nothing_and_post_nothing_twice(tmp_path, faces_dir, daemons):  # noqa: F811
+def test_random_faults_lose_nothing_and_post_nothing_twice(tmp_path, faces_dir, worlds, daemons):  # noqa: F811
     os.chmod(tmp_path, 0o755)
     server = Server(tmp_path / "pg")
     try:
@@ -59,7 +59,7 @@ def test_random_faults_lose_nothing_and_post_nothing_twice(tmp_path, faces_dir, 
         db = psycopg.conninfo.make_conninfo(admin, dbname="fa")
         database.migrate(db)
         database.ensure_engine(db, "dlib", 128)
-        w = World(tmp_path, faces_dir, db, OBAMA[:2] + BIDEN[:2] + NOBODY)
+        w = worlds(tmp_path, faces_dir, db, OBAMA[:2] + BIDEN[:2] + NOBODY)
         live = [OBAMA[2], BIDEN[2], BOTH]
         corrupt = tmp_path / "corrupt.mp4"                 # a poison video: an mp4 header, then noise
         corrupt.write_bytes(b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom" + random.Random(SEED).randbytes(4000))
@@ -72,14 +72,14 @@ def test_random_faults_lose_nothing_and_post_nothing_twice(tmp_path, faces_dir, 
             fault = rng.choice(["network", "flood", "hang", "kill", "database", "live", "live"])
             faults[fault] += 1
             if fault == "network":
-                w.world.set_online(PHONE, False)
+                w.set_online(False)
                 time.sleep(rng.uniform(3, 12))
-                w.world.set_online(PHONE, True)
+                w.set_online(True)
             elif fault == "flood":
-                method = rng.choice(["download_media", "SendMediaRequest"])
-                w.world.fail(method, "FloodWaitError", seconds=rng.randint(2, 5))
+                request = rng.choice(["GetFileRequest", "SendMediaRequest"])   # a download, a post
+                w.call(w.server.fail, request, f"FLOOD_WAIT_{rng.randint(2, 5)}")
             elif fault == "hang":
-                w.world.fail("download_media", "hang")
+                w.call(w.server.fail, "GetFileRequest", "hang")
             elif fault == "kill":
                 d.kill()
                 time.sleep(rng.uniform(0.5, 2))
@@ -92,17 +92,15 @@ def test_random_faults_lose_nothing_and_post_nothing_twice(tmp_path, faces_dir, 
                 w.post(w.chat, live.pop(0))
             elif "corrupt" not in faults:
                 faults["corrupt"] += 1
-                message = w.world.post(w.chat, w.world.video(corrupt), text="corrupt.mp4")
-                w.files[(w.chat, message)] = "corrupt.mp4"
+                post_corrupt(w, corrupt)
             time.sleep(rng.uniform(0.5, 3))
             assert d.proc.poll() is None, f"the daemon exited ({d.proc.returncode}):\n" + d.text()[-4000:]
         for name in live:                                   # whatever the dice left out
             w.post(w.chat, name)
         if "corrupt" not in faults:
-            message = w.world.post(w.chat, w.world.video(corrupt), text="corrupt.mp4")
-            w.files[(w.chat, message)] = "corrupt.mp4"
-        w.world.clear_faults()
-        w.world.set_online(PHONE, True)
+            post_corrupt(w, corrupt)
+        w.call(w.server.faults.clear)
+        w.set_online(True)
         wait_until(w.settled, daemons=[d], timeout=300)
         time.sleep(1.0)
         assert d.stop()[0] == 0
@@ -125,6 +123,12 @@ def test_random_faults_lose_nothing_and_post_nothing_twice(tmp_path, faces_dir, 
         for d in daemons:
             d.kill()
         server.close()
+
+
+def post_corrupt(w: World, video) -> None:
+    media = w.call(w.server.video, video)
+    message = w.call(w.server.post, w.chat, media, text="corrupt.mp4")
+    w.files[(w.chat, message)] = "corrupt.mp4"
 
 
 def assert_posted_exactly_once_but_the_corrupt(w: World, jobs: Counter) -> None:

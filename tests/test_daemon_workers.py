@@ -154,9 +154,20 @@ def daemons():
 # ---------------------------------------------------------------------------------------------
 
 
-def test_sigterm_mid_run_exits_0_in_time_and_loses_nothing(tmp_path, staged, daemons):
+def test_health_sigterm_and_the_update_flag_stop_the_daemon_cleanly_and_lose_nothing(tmp_path, staged, daemons):
+    """One queue, three ways a daemon stops: `main.py health` follows the heartbeat (unhealthy
+    before the first start and once it is stale); SIGTERM mid-run exits 0 in time, holding no
+    job and leaving no analysis process; the update flag stops the next run cleanly, once; the
+    run after that finishes the rest."""
     d = Daemon(tmp_path, staged, "run", "--role", "worker")
+    health = [sys.executable, str(ROOT / "main.py"), "--env-file", str(tmp_path / "none.env"), "health"]
+
+    def check(*extra):
+        return subprocess.run(health + list(extra), cwd=tmp_path, env=d.env, capture_output=True, text=True)
+
+    assert check().returncode == 1                              # never started
     daemons.append(d.start())
+    wait_until(lambda: check().returncode == 0, timeout=60, daemons=[d])
     d.wait_log(r"job \d+ .*: done")
     code, took = d.stop(signal.SIGTERM)
     assert code == 0, d.text()[-3000:]
@@ -166,8 +177,23 @@ def test_sigterm_mid_run_exits_0_in_time_and_loses_nothing(tmp_path, staged, dae
         leased = conn.execute("SELECT count(*) FROM media_jobs WHERE lease_owner IS NOT NULL").fetchone()[0]
     assert leased == 0                                          # finished or handed back, none held
     assert all(process_gone(pid) for pid in d.analysis_pids())
-    daemons.append(d.start())                                   # the next start finishes the rest
+    time.sleep(1.2)
+    stale = check("--max-age", "1")
+    assert stale.returncode == 1 and "stuck or stopped" in stale.stdout
+
+    before = len(d.text())
+    daemons.append(d.start())                                   # the next start goes on ...
+    d.wait_log(r"running: ", after=before)
+    flag = tmp_path / "data" / "update_flag" / "update_available"
+    flag.parent.mkdir(parents=True, exist_ok=True)
+    flag.write_text("new commit 0123abcd")                      # ... until an update is announced
+    code = d.proc.wait(30)
+    assert code == 0
+    assert re.search(r"update flag .*update_available is set \(new commit 0123abcd\)", d.text())
+    assert not flag.exists()                                    # the next start runs normally
+    daemons.append(d.start())
     wait_until(lambda: jobs(staged) == {"done": len(SMALL)}, daemons=[d])
+    assert d.proc.poll() is None
     assert d.stop()[0] == 0
     assert_consistent(staged, len(SMALL))
 
@@ -204,40 +230,6 @@ def test_a_second_worker_process_shares_the_queue(tmp_path, staged, daemons):
     assert not done[0] & done[1], "no job was done by both"
     assert len(done[0] | done[1]) == len(SMALL)
     assert_consistent(staged, len(SMALL))
-
-
-def test_the_update_flag_stops_the_daemon_cleanly_once(tmp_path, staged, daemons):
-    d = Daemon(tmp_path, staged, "run", "--role", "worker")
-    daemons.append(d.start())
-    d.wait_log(r"job \d+ .*: done")
-    flag = tmp_path / "data" / "update_flag" / "update_available"
-    flag.parent.mkdir(parents=True, exist_ok=True)
-    flag.write_text("new commit 0123abcd")
-    code = d.proc.wait(30)
-    assert code == 0
-    assert re.search(r"update flag .*update_available is set \(new commit 0123abcd\)", d.text())
-    assert not flag.exists()                                    # the next start runs normally
-    daemons.append(d.start())
-    wait_until(lambda: jobs(staged) == {"done": len(SMALL)}, daemons=[d])
-    assert d.proc.poll() is None
-    assert d.stop()[0] == 0
-    assert_consistent(staged, len(SMALL))
-
-
-def test_health_follows_the_heartbeat(tmp_path, staged, daemons):
-    d = Daemon(tmp_path, staged, "run", "--role", "worker")
-    health = [sys.executable, str(ROOT / "main.py"), "--env-file", str(tmp_path / "none.env"), "health"]
-
-    def check(*extra):
-        return subprocess.run(health + list(extra), cwd=tmp_path, env=d.env, capture_output=True, text=True)
-
-    assert check().returncode == 1                              # never started
-    daemons.append(d.start())
-    wait_until(lambda: check().returncode == 0, timeout=60, daemons=[d])
-    d.stop()
-    time.sleep(1.2)
-    stale = check("--max-age", "1")
-    assert stale.returncode == 1 and "stuck or stopped" in stale.stdout
 
 
 def test_the_database_restarting_under_the_daemon_is_survived(tmp_path, faces_dir, daemons):

@@ -2,12 +2,11 @@
 history sweeps, the connections, the uploader, the topic manager, the downloads and the
 requests from the dashboard.
 
-The uploader, topic, dashboard-request and download tests run on the fake Telegram server
-beneath the real Telethon client (tests/telegram_server.py: errors are Telegram's codes and
-messages, Telethon's `_call` retries 500s and sleeps short flood waits itself). The sweep and
-connection tests still use the method-level fake (tests/fake_telegram.py, fixture `h`): they
-inject errors after N messages of `iter_messages` and into `connect`, which the server does not
-model yet."""
+Everything runs on the fake Telegram server beneath the real Telethon client
+(tests/telegram_server.py): errors are Telegram's codes and messages, Telethon's `_call` retries
+500s and sleeps short flood waits itself. Errors "after N messages" strike on a later page of
+history (`Network.fail_after`; Telethon reads 100 messages a page), errors while connecting on
+the `help.getConfig` every (re)connection starts with."""
 
 from __future__ import annotations
 
@@ -17,8 +16,7 @@ from pathlib import Path
 import pytest
 
 from media_fixtures import faces_dir
-from fake_telegram import eventually, run_components
-from server_harness import ServerHarness
+from server_harness import ServerHarness, eventually, run_components
 from test_telegram_scan import _has_job, _mode, checkpoint, history, job_ids
 from test_uploader import rows
 from test_uploader import analysed, due, make_person, outbox, world_with_chat
@@ -29,48 +27,52 @@ A, B = "+15550001", "+15550002"
 
 # --- history sweeps ---------------------------------------------------------------------------
 
-# (error raised by iter_messages, after how many messages; None: at once)
+# (the error a page of history meets, what Telethon raises, after how many pages; None: at once).
+# 500s and -503s are tried again by Telethon's _call: they fail as many times as it tries.
 SWEEP_ERRORS = [
-    ("ChannelPrivateError", None),      # the account was removed from the chat
-    ("ChatForbiddenError", 3),
-    ("ServerError", 5),                 # Telegram's 500
-    ("TimedOutError", None),            # Telegram's 503 "Timeout"
-    ("RPCError", 7),                    # an error Telethon has no class for
-    ("MessageIdInvalidError", None),
-    ("TypeError", 4),                   # Telethon itself failing on something
-    ("ConnectionError", 6),
-    ("TimeoutError", None),
+    ("CHANNEL_PRIVATE", "ChannelPrivateError", None),     # the account was removed from the chat
+    ("CHAT_FORBIDDEN", "ChatForbiddenError", 1),
+    ("500:INTERNAL", "ServerError", 1),                   # Telegram's 500
+    ("-503:Timeout", "TimedOutError", None),              # Telegram's -503 "Timeout"
+    ("400:SOMETHING_NEW", "RPCError", 1),                 # an error Telethon has no class for
+    ("MESSAGE_ID_INVALID", "MessageIdInvalidError", None),
+    ("TypeError", "TypeError", 1),                        # Telethon itself failing on something
+    ("ConnectionError", "ConnectionError", 1),
+    ("TimeoutError", "TimeoutError", None),
 ]
+RETRIED = ("500:INTERNAL", "-503:Timeout")
+PAGE = 100                                                # messages per page of history
 
 
 async def test_the_sweeps_record_every_telegram_error_and_go_on(h, pool):
     a = await h.add_account(A)
     chats = {}
-    for error, after in SWEEP_ERRORS:
-        chat = h.world.add_chat(f"chat {error}", members=[A])
-        chats[error] = (chat, history(h.world, chat, 20))
+    for answer, error, after in SWEEP_ERRORS:
+        chat = h.server.add_chat(f"chat {error}", members=[A])
+        chats[error] = (chat, history(h.server, chat, PAGE + 20))
         await h.watch(a, chat)
-        h.world.fail("iter_messages", error, chat=chat, after=after)
-    calm = h.world.add_chat("calm", members=[A])
-    calm_media = history(h.world, calm, 20)
+        h.network.fail_after("GetHistoryRequest", answer, chat=chat, after=after or 0,
+                             times=3 if answer in RETRIED else 1)
+    calm = h.server.add_chat("calm", members=[A])
+    calm_media = history(h.server, calm, 20)
     await h.watch(a, calm)
     service = await h.service(sweep_interval=3600)
     task, stop = await run_components(service)
     try:
-        await eventually(lambda: _mode(pool, calm, "realtime"), what="the calm chat's backfill")
+        await eventually(lambda: _mode(pool, calm, "realtime"), timeout=60, what="the calm chat's backfill")
         for error in ("ConnectionError", "TimeoutError"):        # an outage: read again at once
             await eventually(lambda c=chats[error][0]: _mode(pool, c, "realtime"), what=f"the chat after {error}")
-        for error, after in SWEEP_ERRORS:
+        for _, error, after in SWEEP_ERRORS:
             chat, _ = chats[error]
             if error in ("ConnectionError", "TimeoutError"):
                 continue
             cp = await eventually(lambda c=chat: _errored(pool, c), what=f"{error} recorded")
             assert cp["deferred_until"] is not None and cp["scan_mode"] == "backfill"
-            assert cp["last_processed_message_id"] == (after or 0)     # what was read before is kept
+            assert cp["last_processed_message_id"] == PAGE * (after or 0)   # what was read before is kept
             if error not in ("RPCError", "TypeError", "ServerError", "TimedOutError"):
                 assert error in cp["last_error"] or "cannot read" in cp["last_error"], cp["last_error"]
         assert not task.done()                                         # the daemon runs on
-        live = h.world.post(calm, h.world.photo(FACES / "kamala_harris_01.jpg"))
+        live = h.server.post(calm, h.server.photo(FACES / "kamala_harris_01.jpg"))
         await eventually(lambda: _has_job(pool, calm, live), what="a live message after all that")
 
         # The deferral ends (the operator fixed it, or time passed): every chat completes.
@@ -95,19 +97,20 @@ async def test_a_flood_wait_on_one_chat_defers_it_without_losing_the_others(h, p
     the account pauses, the chat resumes where it stopped, nothing of the other chat is lost."""
     h.with_settings(flood_sleep_threshold=1)
     a = await h.add_account(A)
-    slow = h.world.add_chat("slow", members=[A])
-    other = h.world.add_chat("other", members=[A])
-    history(h.world, slow, 10)
-    media = history(h.world, other, 10)
+    slow = h.server.add_chat("slow", members=[A])
+    other = h.server.add_chat("other", members=[A])
+    history(h.server, slow, 10)
+    media = history(h.server, other, 10)
     await h.watch(a, slow)
     await h.watch(a, other)
-    h.world.fail("iter_messages", "FloodPremiumWaitError", seconds=30, chat=slow)
+    h.network.fail_after("GetHistoryRequest", "FLOOD_PREMIUM_WAIT_30", after=0, chat=slow)
     service = await h.service()
     await service.scanner.sweep_due(a)
     assert "flood wait of 30 s" in (await checkpoint(pool, slow))["last_error"]
     [account] = await rows(pool, "SELECT flood_wait_until > now() AS paused FROM telegram_accounts")
     assert account["paused"]
     await rows(pool, "UPDATE telegram_accounts SET flood_wait_until = NULL")   # the wait is over
+    service.registry.client(a)._flood_waited_requests.clear()                 # for Telethon too
     await service.scanner.sweep_due(a)
     assert await job_ids(pool, other) == media
 
@@ -115,15 +118,15 @@ async def test_a_flood_wait_on_one_chat_defers_it_without_losing_the_others(h, p
 # --- connections --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("error", ["ServerError", "FloodWaitError", "TimedOutError"])
+@pytest.mark.parametrize("error", ["500:INTERNAL", "FLOOD_WAIT_2", "-503:Timeout"])
 async def test_an_error_while_connecting_is_an_outage_not_a_logout(h, pool, error):
     """get_me failing at start (a flood wait, a server hiccup) keeps the account, and the
     connection loop logs it in again; it is never marked logged out."""
     a = await h.add_account(A)
-    chat = h.world.add_chat("Family photos", members=[A])
-    media = history(h.world, chat, 10)
+    chat = h.server.add_chat("Family photos", members=[A])
+    media = history(h.server, chat, 10)
     await h.watch(a, chat)
-    h.world.fail("get_me", error, seconds=2)
+    h.server.fail("GetUsersRequest", error, times=3 if error in RETRIED else 1)    # get_me, past _call's tries
     service = await h.service()                          # does not raise
     [account] = await rows(pool, "SELECT status, telegram_user_id FROM telegram_accounts WHERE id = %s", a)
     assert account["status"] == "active" and account["telegram_user_id"] is None
@@ -133,27 +136,28 @@ async def test_an_error_while_connecting_is_an_outage_not_a_logout(h, pool, erro
         [account] = await rows(pool, "SELECT status, telegram_user_id FROM telegram_accounts WHERE id = %s", a)
         assert account["status"] == "active" and account["telegram_user_id"] is not None
         assert await job_ids(pool, chat) == media and not task.done()
-        if error == "FloodWaitError":   # waited out, not asked again during the wait
-            assert len(h.world.calls("get_me")) == 2
+        if error.startswith("FLOOD_WAIT"):   # waited out, not asked again during the wait
+            first, again, *_ = h.server.call_times("GetUsersRequest")
+            assert again - first >= 2
     finally:
         await stop()
 
 
 async def test_an_error_while_reconnecting_is_retried(h, pool):
     a = await h.add_account(A)
-    chat = h.world.add_chat("Family photos", members=[A])
-    history(h.world, chat, 4)
+    chat = h.server.add_chat("Family photos", members=[A])
+    history(h.server, chat, 4)
     await h.watch(a, chat)
     service = await h.service(sweep_interval=3600)
     task, stop = await run_components(service)
     try:
         await eventually(lambda: _mode(pool, chat, "realtime"), what="the backfill")
-        h.world.set_online(A, False)
+        h.network.set_online(A, False)
         await eventually(lambda: not service.registry.is_connected(a), what="the disconnect")
-        h.world.fail("connect", "ServerError", times=2)
-        h.world.fail("connect", "ConnectionError", times=2)
-        missed = h.world.post(chat, h.world.photo(FACES / "eileen_collins_01.jpg"))
-        h.world.set_online(A, True)
+        h.network.fail_after("GetConfigRequest", "500:INTERNAL", after=0, phone=A, times=2)
+        h.network.fail_after("GetConfigRequest", "ConnectionError", after=0, phone=A, times=2)
+        missed = h.server.post(chat, h.server.photo(FACES / "eileen_collins_01.jpg"))
+        h.network.set_online(A, True)
         await eventually(lambda: _has_job(pool, chat, missed), timeout=10, what="the sweep after reconnecting")
         assert not task.done()
     finally:

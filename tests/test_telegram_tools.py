@@ -1,4 +1,4 @@
-"""The rest of issue 5's list, through the fake Telegram: init_account.py (login, session file
+"""The rest of issue 5's list, through the fake Telegram server beneath the real client: init_account.py (login, session file
 0600, account recorded, a clear refusal while the daemon holds the session), add_chat.py
 (requests, --list, --remove) and the daemon applying them (links, invite links, ids, protected
 chats, never the hub), topic titles within 128 UTF-8 bytes, one topic per person under
@@ -34,8 +34,9 @@ def answers(*values):
 
 
 async def test_init_account_logs_in_with_code_and_password_and_records_the_account(h, pool, dlib_db):
-    h.world.add_account(A, authorized=False, password="s3cret", first_name="Ann", username="ann")
-    h.world.join(h.hub, A)
+    h.server.add_account(A, first_name="Ann", username="ann")
+    h.server.expect_login(A, code="12345", password="s3cret")          # not logged in yet
+    h.server.join(h.hub, A, admin=True)
     said = []
     account = await login(h.settings, dlib_db, A, factory=h.factory, ask=answers("11111", "12 345"),
                           ask_secret=answers("wrong", "s3cret"), say=said.append)
@@ -62,7 +63,8 @@ async def test_init_account_logs_in_with_code_and_password_and_records_the_accou
 
 
 async def test_init_account_gives_up_after_wrong_codes_and_records_nothing(h, pool, dlib_db):
-    h.world.add_account(A, authorized=False)
+    h.server.add_account(A)
+    h.server.expect_login(A, code="12345")
     with pytest.raises(LoginFailed):
         await login(h.settings, dlib_db, A, factory=h.factory, ask=answers("1", "2", "3"), ask_secret=answers(),
                     say=lambda s: None)
@@ -74,7 +76,7 @@ async def test_init_account_gives_up_after_wrong_codes_and_records_nothing(h, po
 
 async def test_add_chat_records_requests_lists_and_removes(h, pool, dlib_db):
     a = await h.add_account(A)
-    family = h.world.add_chat("Family photos", username="family_photos", members=[A])
+    family = h.server.add_chat("Family photos", username="family_photos", members=[A])
     await h.watch(a, family)
     with psycopg.connect(dlib_db) as conn:
         first = add_chat.request_chat(conn, "t.me/new_pics", account_id=A)          # by phone number
@@ -108,7 +110,7 @@ async def test_add_chat_on_the_command_line(h, pool, dlib_db, clean_env, tmp_pat
 
     dashboard_environment(clean_env, dlib_db, tmp_path)
     a = await h.add_account(A)
-    family = h.world.add_chat("Family photos", username="family_photos", members=[A])
+    family = h.server.add_chat("Family photos", username="family_photos", members=[A])
     await h.watch(a, family)
     no_file = ["--env-file", str(tmp_path / "no.env")]
 
@@ -135,13 +137,14 @@ async def test_add_chat_on_the_command_line(h, pool, dlib_db, clean_env, tmp_pat
 
 async def test_the_daemon_adds_chats_by_invite_link_id_and_protected_only_flagged(h, pool):
     a = await h.add_account(A)
-    secret = h.world.add_chat("Secret club", invite="AbCdEf123", noforwards=True)     # A is not a member
-    known = h.world.add_chat("Known group", kind="group", members=[A])
-    stranger = h.world.add_chat("Stranger", members=[B])
+    secret = h.server.add_chat("Secret club", noforwards=True)                    # A is not a member
+    h.server.add_invite(secret, "AbCdEf123")
+    known = h.server.add_chat("Known group", kind="group", members=[A])
+    stranger = h.server.add_chat("Stranger", members=[B])
     service = await h.service()
 
     info = await service.chats.add_chat(a, "https://t.me/+AbCdEf123")
-    assert (info.chat_id, info.noforwards) == (secret, True) and A in h.world.chat(secret)["members"]
+    assert (info.chat_id, info.noforwards) == (secret, True) and A in h.server.chats[secret].members
     info = await service.chats.add_chat(a, str(known))
     assert (info.chat_id, info.chat_type) == (known, "group")
     with pytest.raises(ActionFailed, match="not in chat"):
@@ -172,12 +175,12 @@ async def test_long_labels_make_valid_topics_and_renames(h, pool):
     service = await h.service()
     person = await make_person(pool, "Жанна " * 40)                 # 480 bytes
     topic = await service.topics.ensure_topic(person)                # the fake refuses > 128 bytes
-    title = h.world.topics(h.hub)[topic]["title"]
+    title = h.server.topics(h.hub)[topic]["title"]
     assert len(title.encode()) <= 128 and title.startswith("Жанна Жанна")
     await rows(pool, "INSERT INTO dashboard_actions (action, payload) VALUES ('rename_topic', %s)",
                Jsonb({"person_id": person, "title": "🙂" * 60}))
     assert await service.actions.apply_pending() == 1
-    title = h.world.topics(h.hub)[topic]["title"]
+    title = h.server.topics(h.hub)[topic]["title"]
     assert title == "🙂" * 32 and len(title.encode()) == 128
 
 
@@ -189,13 +192,13 @@ async def test_one_topic_per_person_under_concurrency(h, pool):
     other = TopicManager(service.registry, pool, h.settings)
     calls = [m.ensure_topic(p) for p in persons for m in (service.topics, other, service.topics, other)]
     got = await asyncio.gather(*calls)
-    topics = h.world.topics(h.hub)
+    topics = h.server.topics(h.hub)
     assert len(topics) == 3 and len(set(got)) == 3
     for i, person in enumerate(persons):
         assert set(got[i * 4:(i + 1) * 4]) == {got[i * 4]}
-        posts = h.world.posts(h.hub, got[i * 4])
-        assert [p["text"] for p in posts] == [f"Person {i}"]             # one cover, not four
-    assert len(h.world.calls("CreateForumTopicRequest")) == 3
+        posts = h.server.posts(h.hub, got[i * 4])
+        assert [p.text for p in posts] == [f"Person {i}"]                # one cover, not four
+    assert len(h.server.requests("CreateForumTopicRequest")) == 3
 
 
 # --- the same photo in two chats ------------------------------------------------------------
@@ -205,10 +208,10 @@ async def test_a_photo_forwarded_into_two_chats_is_downloaded_once_and_posted_on
     from downloads import AlreadyAnalysed
 
     a = await h.add_account(A)
-    family = h.world.add_chat("Family", members=[A])
-    friends = h.world.add_chat("Friends", members=[A])
-    original = h.world.post(family, h.world.photo(FACES / "group_obama_biden_composite.jpg"), deliver=False)
-    forwarded = h.world.forward(family, original, friends, deliver=False)
+    family = h.server.add_chat("Family", members=[A])
+    friends = h.server.add_chat("Friends", members=[A])
+    original = h.server.post(family, h.server.photo(FACES / "group_obama_biden_composite.jpg"), deliver=False)
+    forwarded = h.server.forward(family, original, friends)
     await h.watch(a, family)
     await h.watch(a, friends)
     service = await h.service()
@@ -223,7 +226,7 @@ async def test_a_photo_forwarded_into_two_chats_is_downloaded_once_and_posted_on
     item = await analysed(pool, family, original)                    # what the worker leaves behind
     with pytest.raises(AlreadyAnalysed):
         await service.downloader.download(Job(jobs[1]))
-    assert h.world.downloads() == 1
+    assert h.server.downloads_total() == 1
 
     obama, biden = await make_person(pool, "Barack Obama"), await make_person(pool, "Joe Biden")
     await due(pool, obama, item)
@@ -234,9 +237,9 @@ async def test_a_photo_forwarded_into_two_chats_is_downloaded_once_and_posted_on
         pass
     assert await service.uploader.post_due() == 0
     assert {r["status"] for r in await outbox(pool)} == {"posted"}
-    topics = h.world.live_topics(h.hub)
+    topics = h.server.live_topics(h.hub)
     assert len(topics) == 2
     for topic in topics:
-        cover, *posts = h.world.posts(h.hub, topic)
+        cover, *posts = h.server.posts(h.hub, topic)
         assert len(posts) == 1                                         # once per person
     assert {(j["source_chat_id"], j["source_message_id"]) for j in jobs} == {(family, original), (friends, forwarded)}

@@ -102,12 +102,12 @@ async def h(tmp_path, pool):
 async def world_with_chat(h, *, kind="supergroup", username=None, noforwards=False, hub_reads=True,
                           photos=("barack_obama_01.jpg",)):
     """Account A (the hub account) and, unless `hub_reads` is False, its chat; else account B's.
-    `h`: a ServerHarness, or fake_telegram's Harness (tests not ported to the server yet)."""
+    `h`: a ServerHarness."""
     a = await h.add_account(A)
     reader, phone = a, A
     if not hub_reads:
         reader, phone = await h.add_account(B, hub_member=False), B
-    world = h.server if hasattr(h, "server") else h.world
+    world = h.server
     chat = world.add_chat("Family photos", kind=kind, username=username, noforwards=noforwards, members=[phone])
     ids = [world.post(chat, world.photo(FACES / name), deliver=False) for name in photos]
     ids = [i[phone] if isinstance(i, dict) else i for i in ids]   # basic groups: the reader's ids
