@@ -35,6 +35,8 @@ class Neighbour:
     track_id: int | None
     low_quality: bool
     similarity: float
+    embedding: np.ndarray | None = None  # needed to tell whether a pending neighbour is the
+    #                                      winner's too (`decide`'s support); None: unknown
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,11 @@ def slack(person: PersonView, params: RuleParams) -> float:
     return params.cohesion_slack * min(1.0, person.size / params.cohesion_full_size)
 
 
+def _cohesion_bar(person: PersonView, params: RuleParams) -> float:
+    tight = cohesion(person)
+    return -1.0 if tight is None else tight - slack(person, params)
+
+
 def candidate_persons(faces: Sequence[FaceQuery]) -> set[int]:
     """Persons that own at least one of the unit's neighbours."""
     return {n.person_id for f in faces for n in f.neighbours if n.person_id is not None}
@@ -157,11 +164,21 @@ def decide(faces: Sequence[FaceQuery], persons: Mapping[int, PersonView], params
     # Support: most of the faces this close that belong to nobody yet must be the winner's
     # faces. Good pending faces close to this one are someone the person's faces are not (or
     # not yet): the face waits with them (and may found a person with them, which then is
-    # decided against this person as a whole).
-    waiting = sum(1 for f in faces for n in f.neighbours
-                  if n.person_id is None and n.state in ("pending", "review")
-                  and not n.low_quality and n.similarity >= f.threshold)
-    if winner.votes < params.min_support * (winner.votes + waiting):
+    # decided against this person as a whole). A pending face that is itself as close to the
+    # person as a whole as a face must be to join it is the person's too (seen before the
+    # person was, or held back by the others): it supports the winner instead.
+    person = persons[winner.person_id]
+    bar = max(threshold, _cohesion_bar(person, params))
+    votes, waiting = winner.votes, 0
+    for f in faces:
+        for n in f.neighbours:
+            if (n.person_id is None and n.state in ("pending", "review") and not n.low_quality
+                    and n.similarity >= f.threshold):
+                if n.embedding is not None and float(np.dot(n.embedding, person.mean)) >= bar:
+                    votes += 1
+                else:
+                    waiting += 1
+    if votes < params.min_support * (votes + waiting):
         return Decision("pending", similarity=winner.similarity)
     return Decision("assigned", winner.person_id, winner.similarity, candidates)
 

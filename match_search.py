@@ -26,7 +26,7 @@ async def knn(conn: psycopg.AsyncConnection, embedding: np.ndarray, k: int,
     rows = await (await conn.execute(queries.persons_knn, {
         "embedding": embedding, "k": k, "min_similarity": min_similarity})).fetchall()
     return [Neighbour(r[0], r[6] if r[1] == "assigned" else None, r[1], r[2], r[3], r[4],
-                      float(r[5])) for r in rows]
+                      float(r[5]), r[7].to_numpy().astype(np.float32)) for r in rows]
 
 
 async def person_views(conn: psycopg.AsyncConnection,

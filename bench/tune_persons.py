@@ -98,6 +98,26 @@ class Data:
             data.faces_of[p].append(i)
         return data
 
+    @classmethod
+    def load_subset(cls, path: Path) -> Data:
+        """tests/lfw_dlib_subset.npz (faces already at MIN_QUALITY; strangers' identity -1)."""
+        d = np.load(path)
+        photos = int(d["photo"].max()) + 1
+        centred = np.full(photos, -1, np.int64)
+        centred[d["photo"][d["is_centred"]]] = np.flatnonzero(d["is_centred"])
+        identity = np.array([int(v) if v >= 0 else -(k + 1) for k, v in enumerate(d["identity"])])
+        names, counts = np.unique(identity, return_counts=True)
+        count = counts[np.searchsorted(names, identity)]
+        data = cls(d["embeddings"], d["photo"], d["quality"] < SEED_MIN_QUALITY, centred,
+                   identity, count)
+        data.quality = d["quality"]
+        data.bbox = np.tile(np.array([0, 0, 100, 100], np.float32), (len(d["photo"]), 1))
+        data.seconds = np.zeros(photos, np.float32)
+        data.faces_of = [[] for _ in range(photos)]
+        for i, ph in enumerate(data.photo):
+            data.faces_of[ph].append(i)
+        return data
+
 
 class Sim:
     """The matcher's flow over in-memory faces; person ids from 1, face ids = data indices."""
@@ -130,7 +150,8 @@ class Sim:
                 continue
             state = self.state[i]
             out.append(Neighbour(i, int(self.person[i]) if state == "assigned" else None, state,
-                                 int(self.d.photo[i]), None, bool(self.d.low[i]), s))
+                                 int(self.d.photo[i]), None, bool(self.d.low[i]), s,
+                                 self.d.emb[i]))
         return out
 
     def views(self, queries: list[FaceQuery]) -> dict[int, PersonView]:
@@ -363,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ceiling", action="store_true")
     parser.add_argument("--grid", default=None, help="join values, comma-separated")
     args = parser.parse_args(argv)
-    data = Data.load(args.npz)
+    data = Data.load_subset(args.npz) if "subset" in args.npz.name else Data.load(args.npz)
     n = args.photos or len(data.centred)
     if args.impostors:
         impostors(data)

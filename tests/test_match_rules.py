@@ -24,9 +24,9 @@ def person(person_id: int, size: int, linkage_of_axis: float, tightness: float) 
     return PersonView(person_id, size, np.array([linkage_of_axis, other, 0.0], np.float32))
 
 
-def n(face_id, person_id, similarity, state="assigned", low_quality=False):
+def n(face_id, person_id, similarity, state="assigned", low_quality=False, embedding=None):
     return Neighbour(face_id, person_id, state if person_id is None else "assigned",
-                     face_id * 10, None, low_quality, similarity)
+                     face_id * 10, None, low_quality, similarity, embedding)
 
 
 def face(*neighbours, threshold=JOIN) -> list[FaceQuery]:
@@ -95,6 +95,23 @@ def test_good_pending_faces_nearby_hold_the_face_back():
     # Low-quality pending faces can never found a person: they don't count.
     poor = [n(10 + k, None, 0.95, "pending", low_quality=True) for k in range(3)]
     assert decide(face(n(1, 7, 0.94), *poor), persons, RULES).state == "assigned"
+
+
+def test_pending_faces_that_are_the_person_too_support_it():
+    persons = {7: person(7, 6, 0.94, 0.95)}
+    mean = persons[7].mean
+    # Pending faces as close to the person as a whole as a joining face must be (0.94 >= the
+    # join threshold 0.93 and the person's cohesion 0.95 - slack 0.025): the person's faces,
+    # seen before the person was founded. They count for it, and the face joins.
+    own = unit(1, 0, 0)
+    assert float(own @ mean) == pytest.approx(0.94, abs=1e-4)
+    alike = [n(10 + k, None, 0.95, "pending", embedding=own) for k in range(3)]
+    assert decide(face(n(1, 7, 0.94), *alike), persons, RULES).state == "assigned"
+    # Pending faces close to this face but 0.92 like the person: someone else's, they hold it.
+    other = unit(0.95, 0.09, 0.299)
+    assert 0.91 < float(other @ mean) < 0.925
+    apart = [n(10 + k, None, 0.95, "pending", embedding=other) for k in range(3)]
+    assert decide(face(n(1, 7, 0.94), *apart), persons, RULES).state == "pending"
 
 
 def test_a_rejected_look_alike_vetoes_its_person():
