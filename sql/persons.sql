@@ -423,3 +423,20 @@ SELECT id, topic_id, state FROM face_embeddings;
 -- This session's commits do not wait for the disk (a replay's thousands of small transactions;
 -- the data is thrown away afterwards).
 SELECT set_config('synchronous_commit', 'off', false);
+
+-- name: bench_import_faces
+-- bench/bench_persons.py --import: every stored face of the imported messages of chat
+-- %(chat_id)s, with its message, person (following merges), state and box.
+SELECT j.source_message_id, f.id, COALESCE(t.merged_into, t.id), f.state, f.bbox
+FROM media_jobs j
+JOIN face_embeddings f ON f.media_item_id = j.media_item_id
+LEFT JOIN telegram_topics t ON t.id = f.topic_id
+WHERE j.source_chat_id = %(chat_id)s;
+
+-- name: bench_import_posts
+-- bench/bench_persons.py --import: the persons each imported message of %(chat_id)s is due in.
+SELECT j.source_message_id, COALESCE(t.merged_into, t.id)
+FROM media_jobs j
+JOIN uploaded_media u ON u.media_item_id = j.media_item_id
+JOIN telegram_topics t ON t.id = u.topic_id
+WHERE j.source_chat_id = %(chat_id)s;
