@@ -10,7 +10,8 @@ the rule: a loose person's mean vector is shorter, so a face needs to be closer 
 
 `decide` is the rule for one unit (a photo face, or the faces of one video track); `vetoes`
 applies the operator's "not this person" facts; `seed_group` is the complete-linkage rule that
-founds persons from the pending pool. identity_matcher.py feeds them from the database;
+gathers a founding group from the pending pool, and `may_found` says whether a group that joins
+nobody founds a person or waits. identity_matcher.py feeds them from the database;
 bench/tune_persons.py feeds the same functions from numpy, to tune the numbers offline on
 faces-lfw (identity_matcher.MatchParams, engine defaults in media_processor.ENGINES).
 """
@@ -86,6 +87,12 @@ class RuleParams:
     #                              cohesion says less, and its slack is smaller in proportion
     min_support: float = 0.5    # share of the unit's neighbours at the threshold that must be the
     #                             winner's faces (pending faces and other persons' count against)
+    seed_floor: float | None = None  # every pair of founding faces at least this alike, and the
+    #                             pairs on average `seed_threshold` (None: every pair at that)
+
+    @property
+    def seed_pair_floor(self) -> float:
+        return self.seed_threshold if self.seed_floor is None else self.seed_floor
 
 
 def linkage(query: FaceQuery, person: PersonView) -> float:
@@ -183,6 +190,25 @@ def decide(faces: Sequence[FaceQuery], persons: Mapping[int, PersonView], params
     return Decision("assigned", winner.person_id, winner.similarity, candidates)
 
 
+def may_found(faces: Sequence[FaceQuery], persons: Mapping[int, PersonView], *,
+              excluded: frozenset[int] | set[int] = frozenset()) -> bool:
+    """Whether a would-be founding group (its faces as one unit) that `decide` put in no person
+    may found a new one: only if no person it may join is, as a whole, as close to it as a face
+    must be to join (average linkage at the threshold). A group that close to a known person,
+    held back by that person's spread or by waiting faces or between two persons, is most likely
+    that person seen from another side: founding it would split the person in two (seen on
+    faces-lfw: the same people founded twice, their later faces in review between the halves).
+    It waits, and its faces join the person as it grows towards them."""
+    threshold = float(np.mean([f.threshold for f in faces]))
+    for person_id in candidate_persons(faces):
+        person = persons.get(person_id)
+        if person is None or person_id in excluded or person.size == 0:
+            continue
+        if float(np.mean([linkage(f, person) for f in faces])) >= threshold:
+            return False
+    return True
+
+
 def _best_similarity(faces: Sequence[FaceQuery]) -> float | None:
     sims = [n.similarity for f in faces for n in f.neighbours if n.person_id is not None]
     return max(sims, default=None)
@@ -227,14 +253,19 @@ def seed_group(founders: Sequence[PendingFace], candidates: Sequence[tuple[float
     sightings (near-duplicates of different media items count once) from at least 2 media
     items; otherwise None."""
     group = list(founders)
+    floor = params.seed_pair_floor
+    pairs = [float(a.embedding @ b.embedding) for i, a in enumerate(group) for b in group[i + 1:]
+             if not a.same_track(b)]
     for _, c in sorted(candidates, key=lambda item: -item[0]):
         if any(g.face_id == c.face_id for g in group):
             continue
         if any(g.media_item_id == c.media_item_id and not g.same_track(c) for g in group):
             continue
-        if all(float(c.embedding @ g.embedding) >= params.seed_threshold
-               for g in group if not g.same_track(c)):
+        new = [float(c.embedding @ g.embedding) for g in group if not g.same_track(c)]
+        if all(s >= floor for s in new) and (
+                not pairs + new or np.mean(pairs + new) >= params.seed_threshold):
             group.append(c)
+            pairs += new
     media = {g.media_item_id for g in group}
     if sightings(group, params.duplicate_similarity) < params.min_faces or len(media) < 2:
         return None

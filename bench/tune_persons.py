@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from identity_matcher import MatchParams  # noqa: E402
 from match_rules import (Decision, FaceQuery, Neighbour, PendingFace, PersonView,  # noqa: E402
-                         RuleParams, decide, seed_group)
+                         RuleParams, decide, may_found, seed_group)
 
 MIN_QUALITY = 0.5      # the daemon's MIN_QUALITY_THRESHOLD
 SEED_MIN_QUALITY = 0.7
@@ -50,12 +50,13 @@ class SimParams:
     min_support: float = 0.67
     cohesion_slack: float = 0.025
     cohesion_full_size: int = 5
+    seed_floor: float | None = None
 
     def rules(self) -> RuleParams:
         return RuleParams(margin=self.margin, seed_threshold=self.seed, min_faces=self.min_faces,
                           duplicate_similarity=self.duplicate, min_support=self.min_support,
                          cohesion_slack=self.cohesion_slack,
-                         cohesion_full_size=self.cohesion_full_size)
+                         cohesion_full_size=self.cohesion_full_size, seed_floor=self.seed_floor)
 
     @classmethod
     def from_match(cls, m: MatchParams) -> SimParams:
@@ -223,7 +224,7 @@ class Sim:
             return []
         p, d = self.p, self.d
         cands = [(n.similarity, self.pending_face(n.face_id))
-                 for n in self.knn(d.emb[i], p.seed_k, p.seed, int(d.photo[i]))
+                 for n in self.knn(d.emb[i], p.seed_k, self.rules.seed_pair_floor, int(d.photo[i]))
                  if n.state == "pending" and not n.low_quality]
         group = seed_group([self.pending_face(i)], cands, self.rules)
         if group is None:
@@ -238,7 +239,7 @@ class Sim:
             dec = decide(queries, views, self.rules, excluded=excluded)
             if dec.state == "assigned":
                 target = dec.person_id
-            elif dec.state == "review":
+            elif dec.state == "review" or not may_found(queries, views, excluded=excluded):
                 return []
         if target is None:
             target = self.next_person
@@ -379,6 +380,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--support", type=float, default=None)
     parser.add_argument("--slack", type=float, default=None)
     parser.add_argument("--full-size", type=int, default=None)
+    parser.add_argument("--seed-floor", type=float, default=None)
     parser.add_argument("--no-group-join", action="store_true")
     parser.add_argument("--impostors", action="store_true")
     parser.add_argument("--ceiling", action="store_true")
@@ -400,8 +402,9 @@ def main(argv: list[str] | None = None) -> int:
                                    **extra)
         p = SimParams.from_match(m)
         p.group_join = not args.no_group_join
+        p.seed_floor = args.seed_floor
         result, _ = simulate(data, p, photos)
-        print(f"{n} photos order {seed_order} join {p.join} seed {p.seed} support "
+        print(f"{n} photos order {seed_order} join {p.join} seed {p.seed} floor {p.seed_floor} support "
               f"{p.min_support} slack {p.cohesion_slack}: {fmt(result)}", flush=True)
         if args.ceiling:
             print(f"  average linkage at {p.join}: "

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from match_rules import (Decision, FaceQuery, Neighbour, PendingFace, PersonView, RuleParams,
-                         cohesion, decide, seed_group, sightings, vetoes)
+                         cohesion, decide, may_found, seed_group, sightings, vetoes)
 
 RULES = RuleParams(margin=0.007, seed_threshold=0.945, min_faces=3, duplicate_similarity=0.996,
                    min_support=0.67, cohesion_slack=0.025, cohesion_full_size=5)
@@ -166,3 +166,17 @@ def test_seeding_takes_one_face_per_photo_and_counts_duplicates_once():
     assert sightings([a, copy, other], 0.996) == 2
     third = pending(5, 4, unit(1, -0.1, 0.05))
     assert len(seed_group([a], [(0.99, copy), (0.99, other), (0.99, third)], RULES)) == 4
+
+
+def test_a_group_at_the_threshold_of_a_known_person_waits_rather_than_split_it():
+    # Linkage 0.94 to a tight person (cohesion 0.99: 0.94 is more than the slack below): the
+    # group joins nobody, and founding it would make the person twice: it waits.
+    persons = {7: person(7, 10, 0.94, 0.99)}
+    group = face(n(1, 7, 0.95)) * 3
+    assert decide(group, persons, RULES).state == "pending"
+    assert not may_found(group, persons)
+    # Unless that person is one it may not join (seen beside it in one photo, say).
+    assert may_found(group, persons, excluded={7})
+    # A person 0.92 like the group as a whole: someone else; the group founds its own.
+    assert may_found(group, {7: person(7, 10, 0.92, 0.95)})
+    assert may_found(face(), {})
