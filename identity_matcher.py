@@ -27,10 +27,9 @@ The rules:
   items count once; faces of one video track are one person among themselves). Before founding,
   the group as a whole is decided against the existing persons by the joining rule: a group that
   is a known person joins it (one person, not two); a group in doubt waits. The founders' media
-  items are all posted at once. A group that joins no person founds one only if no person it
-  may join is at the join threshold of it as a whole (`may_found`): a group held back from a
-  known person by its spread or by waiting faces is that person seen from another side, and
-  founding it would split the person in two; it waits for the person to grow towards it.
+  items are all posted at once. With `wait_near_person` (off by default, see RuleParams), a
+  group that joins no person founds one only if no person it may join is at the join
+  threshold of it as a whole (`may_found`): it waits rather than make a person twice.
 - **One media item, distinct persons.** Two faces of one photo, or two tracks of one video, never
   share a person. The unit with the strongest claim decides first; the others decide without
   the persons already taken.
@@ -110,6 +109,8 @@ class MatchParams:
     seed_k: int = 32                   # neighbours searched for founding faces
     ef_search: int = DEFAULT_EF_SEARCH
     cascade_limit: int = 100           # pending units re-decided per call, at most
+    pending_support: bool = False      # match_rules.RuleParams: measured, off (costs precision)
+    wait_near_person: bool = False
 
     def __post_init__(self) -> None:
         if not (0.0 < self.similarity_threshold < 1.0 and 0.0 < self.seed_threshold < 1.0):
@@ -151,7 +152,9 @@ class MatchParams:
         return RuleParams(margin=self.margin, seed_threshold=self.seed_threshold,
                           min_faces=self.min_faces, duplicate_similarity=self.duplicate_similarity,
                           min_support=self.min_support, cohesion_slack=self.cohesion_slack,
-                          cohesion_full_size=self.cohesion_full_size)
+                          cohesion_full_size=self.cohesion_full_size,
+                          pending_support=self.pending_support,
+                          wait_near_person=self.wait_near_person)
 
     def threshold(self, low_quality: bool) -> float:
         return self.low_quality_threshold if low_quality else self.similarity_threshold
@@ -405,7 +408,8 @@ class IdentityMatcher:
             members.setdefault(mate.face_id, mate)  # the rest of the founders' video tracks
         ordered = list(members.values())
         decision, founds = await self._decide_group(conn, ordered)
-        if decision.state == "review" or (decision.state == "pending" and not founds):
+        if decision.state == "review" or (decision.state == "pending" and not founds
+                                          and self.rules.wait_near_person):
             return  # the group looks like a known person, but not clearly: it waits
         centre = unit_vector(np.sum([g.embedding for g in group], axis=0))
         if decision.state == "assigned":

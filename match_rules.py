@@ -89,6 +89,15 @@ class RuleParams:
     #                             winner's faces (pending faces and other persons' count against)
     seed_floor: float | None = None  # every pair of founding faces at least this alike, and the
     #                             pairs on average `seed_threshold` (None: every pair at that)
+    # Two recall rules measured in issue 14's second session, off by default because they cost
+    # precision on faces-lfw (bench/bench_persons.py's docstring has the figures): at 5,130
+    # photos, both on, recall 0.91 / 0.92 / 0.89 in orders 1-3 against 0.71 / 0.76 / 0.75, but
+    # precision 0.988 / 0.994 / 0.972 against 0.993 / 0.994 / 0.996: persons founded from two
+    # look-alikes (sisters, or three faces of different people >= 0.945 pairwise) no longer
+    # stay small, they grow with both people's faces.
+    pending_support: bool = False  # pending neighbours that would join the winner count for it
+    wait_near_person: bool = False  # a founding group at a known person's threshold waits
+    #                                 (`may_found`) instead of founding a second person
 
     @property
     def seed_pair_floor(self) -> float:
@@ -172,8 +181,10 @@ def decide(faces: Sequence[FaceQuery], persons: Mapping[int, PersonView], params
     # faces. Good pending faces close to this one are someone the person's faces are not (or
     # not yet): the face waits with them (and may found a person with them, which then is
     # decided against this person as a whole). A pending face that is itself as close to the
-    # person as a whole as a face must be to join it is the person's too (seen before the
-    # person was, or held back by the others): it supports the winner instead.
+    # person as a whole as a face must be to join it may be the person's too (seen before the
+    # person was, or held back by the others): with `pending_support` it supports the winner
+    # instead (off by default: on faces-lfw it lets a look-alike's pending faces into a person,
+    # see RuleParams).
     person = persons[winner.person_id]
     bar = max(threshold, _cohesion_bar(person, params))
     votes, waiting = winner.votes, 0
@@ -181,7 +192,8 @@ def decide(faces: Sequence[FaceQuery], persons: Mapping[int, PersonView], params
         for n in f.neighbours:
             if (n.person_id is None and n.state in ("pending", "review") and not n.low_quality
                     and n.similarity >= f.threshold):
-                if n.embedding is not None and float(np.dot(n.embedding, person.mean)) >= bar:
+                if (params.pending_support and n.embedding is not None
+                        and float(np.dot(n.embedding, person.mean)) >= bar):
                     votes += 1
                 else:
                     waiting += 1

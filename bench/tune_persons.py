@@ -51,12 +51,16 @@ class SimParams:
     cohesion_slack: float = 0.025
     cohesion_full_size: int = 5
     seed_floor: float | None = None
+    pending_support: bool = False
+    wait_near_person: bool = False
 
     def rules(self) -> RuleParams:
         return RuleParams(margin=self.margin, seed_threshold=self.seed, min_faces=self.min_faces,
                           duplicate_similarity=self.duplicate, min_support=self.min_support,
                          cohesion_slack=self.cohesion_slack,
-                         cohesion_full_size=self.cohesion_full_size, seed_floor=self.seed_floor)
+                         cohesion_full_size=self.cohesion_full_size, seed_floor=self.seed_floor,
+                         pending_support=self.pending_support,
+                         wait_near_person=self.wait_near_person)
 
     @classmethod
     def from_match(cls, m: MatchParams) -> SimParams:
@@ -66,7 +70,8 @@ class SimParams:
                    duplicate=m.duplicate_similarity, floor=m.suggest_threshold, k=m.k,
                    seed_k=m.seed_k, min_faces=m.min_faces, cascade_limit=m.cascade_limit,
                    min_support=m.min_support, cohesion_slack=m.cohesion_slack,
-                   cohesion_full_size=m.cohesion_full_size)
+                   cohesion_full_size=m.cohesion_full_size, pending_support=m.pending_support,
+                   wait_near_person=m.wait_near_person)
 
 
 @dataclass
@@ -239,7 +244,8 @@ class Sim:
             dec = decide(queries, views, self.rules, excluded=excluded)
             if dec.state == "assigned":
                 target = dec.person_id
-            elif dec.state == "review" or not may_found(queries, views, excluded=excluded):
+            elif dec.state == "review" or (p.wait_near_person
+                                           and not may_found(queries, views, excluded=excluded)):
                 return []
         if target is None:
             target = self.next_person
@@ -381,6 +387,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slack", type=float, default=None)
     parser.add_argument("--full-size", type=int, default=None)
     parser.add_argument("--seed-floor", type=float, default=None)
+    parser.add_argument("--min-faces", type=int, default=None)
+    parser.add_argument("--pending-support", action="store_true",
+                        help="RuleParams.pending_support (off by default)")
+    parser.add_argument("--wait-near-person", action="store_true",
+                        help="RuleParams.wait_near_person (off by default)")
     parser.add_argument("--no-group-join", action="store_true")
     parser.add_argument("--impostors", action="store_true")
     parser.add_argument("--ceiling", action="store_true")
@@ -396,6 +407,10 @@ def main(argv: list[str] | None = None) -> int:
         extra["cohesion_slack"] = args.slack
     if args.full_size is not None:
         extra["cohesion_full_size"] = args.full_size
+    if args.min_faces is not None:
+        extra["min_faces"] = args.min_faces
+    extra["pending_support"] = args.pending_support
+    extra["wait_near_person"] = args.wait_near_person
     for join, seed_order in itertools.product(joins, [int(s) for s in args.orders.split(",")]):
         photos = order(len(data.centred), n, seed_order)
         m = MatchParams.for_engine("dlib", similarity_threshold=join, seed_threshold=args.seed,

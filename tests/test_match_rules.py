@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -97,7 +98,8 @@ def test_good_pending_faces_nearby_hold_the_face_back():
     assert decide(face(n(1, 7, 0.94), *poor), persons, RULES).state == "assigned"
 
 
-def test_pending_faces_that_are_the_person_too_support_it():
+def test_pending_faces_that_are_the_person_too_support_it_when_asked():
+    rules = replace(RULES, pending_support=True)
     persons = {7: person(7, 6, 0.94, 0.95)}
     mean = persons[7].mean
     # Pending faces as close to the person as a whole as a joining face must be (0.94 >= the
@@ -106,12 +108,14 @@ def test_pending_faces_that_are_the_person_too_support_it():
     own = unit(1, 0, 0)
     assert float(own @ mean) == pytest.approx(0.94, abs=1e-4)
     alike = [n(10 + k, None, 0.95, "pending", embedding=own) for k in range(3)]
-    assert decide(face(n(1, 7, 0.94), *alike), persons, RULES).state == "assigned"
+    assert decide(face(n(1, 7, 0.94), *alike), persons, rules).state == "assigned"
+    # By default (RuleParams.pending_support off) every good pending face counts against.
+    assert decide(face(n(1, 7, 0.94), *alike), persons, RULES).state == "pending"
     # Pending faces close to this face but 0.92 like the person: someone else's, they hold it.
     other = unit(0.95, 0.09, 0.299)
     assert 0.91 < float(other @ mean) < 0.925
     apart = [n(10 + k, None, 0.95, "pending", embedding=other) for k in range(3)]
-    assert decide(face(n(1, 7, 0.94), *apart), persons, RULES).state == "pending"
+    assert decide(face(n(1, 7, 0.94), *apart), persons, rules).state == "pending"
 
 
 def test_a_rejected_look_alike_vetoes_its_person():
