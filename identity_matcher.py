@@ -291,7 +291,8 @@ class IdentityMatcher:
     async def _neighbours(self, conn, embedding: np.ndarray, media_item_id: int,
                           skip: frozenset[int] = frozenset()) -> list[Neighbour]:
         return [n for n in await search.knn(conn, embedding, self.params.k,
-                                            self.params.suggest_threshold)
+                                            self.params.suggest_threshold,
+                                            with_embedding=self.params.pending_support)
                 if n.media_item_id != media_item_id and n.face_id not in skip]
 
     async def _decide_new(self, run: Run, units: list[_Unit]) -> None:

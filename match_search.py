@@ -21,12 +21,15 @@ if TYPE_CHECKING:
 
 
 async def knn(conn: psycopg.AsyncConnection, embedding: np.ndarray, k: int,
-              min_similarity: float) -> list[Neighbour]:
-    """The `k` stored faces nearest to `embedding`, those at least `min_similarity` alike."""
+              min_similarity: float, *, with_embedding: bool = False) -> list[Neighbour]:
+    """The `k` stored faces nearest to `embedding`, those at least `min_similarity` alike (with
+    their embeddings if `with_embedding`)."""
     rows = await (await conn.execute(queries.persons_knn, {
-        "embedding": embedding, "k": k, "min_similarity": min_similarity})).fetchall()
+        "embedding": embedding, "k": k, "min_similarity": min_similarity,
+        "with_embedding": with_embedding})).fetchall()
     return [Neighbour(r[0], r[6] if r[1] == "assigned" else None, r[1], r[2], r[3], r[4],
-                      float(r[5]), r[7].to_numpy().astype(np.float32)) for r in rows]
+                      float(r[5]), None if r[7] is None else r[7].to_numpy().astype(np.float32))
+            for r in rows]
 
 
 async def person_views(conn: psycopg.AsyncConnection,

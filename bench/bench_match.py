@@ -210,7 +210,8 @@ def run_queries(conn: psycopg.Connection, faces: np.ndarray, *, k: int, min_simi
         for face in faces:
             start = time.perf_counter()
             rows = conn.execute(queries.persons_knn, {"embedding": face, "k": k,
-                                                      "min_similarity": min_similarity}).fetchall()
+                                                      "min_similarity": min_similarity,
+                                                      "with_embedding": False}).fetchall()
             latencies.append((time.perf_counter() - start) * 1000)
             results.append([r[0] for r in rows])
     return latencies, results

@@ -215,7 +215,8 @@ def run_knn(conn, faces, query: str, params: MatchParams, ef_search: int):
         for face in faces:
             start = time.perf_counter()
             rows = conn.execute(query, {"embedding": face, "k": params.k,
-                                        "min_similarity": params.suggest_threshold}).fetchall()
+                                        "min_similarity": params.suggest_threshold,
+                                        "with_embedding": False}).fetchall()
             latencies.append((time.perf_counter() - start) * 1000)
             results.append([r[0] for r in rows])
     return latencies, results
@@ -443,7 +444,8 @@ def main(argv: list[str] | None = None) -> int:
                     query = knn_query(kind, args.dim)
                     plan = " ".join(r[0] for r in conn.execute(
                         "EXPLAIN " + query, {"embedding": faces[0], "k": params.k,
-                                             "min_similarity": params.suggest_threshold}).fetchall())
+                                             "min_similarity": params.suggest_threshold,
+                                        "with_embedding": False}).fetchall())
                     conn.rollback()
                     index = "idx_embeddings_vector" if kind == "vector" else "idx_embeddings_halfvec"
                     if index not in plan:

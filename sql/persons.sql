@@ -13,10 +13,12 @@ SELECT set_config('hnsw.ef_search', %(ef_search)s, true);
 -- The %(k)s faces nearest to %(embedding)s by cosine distance (the HNSW index answers the inner
 -- query), then only those at least %(min_similarity)s similar: the filter comes after the top-k,
 -- because a WHERE inside would make pgvector scan until it finds k rows that pass.
--- person_id follows merged_into (matching never lands on an absorbed person); the embedding lets
--- the joining rule tell whether a pending neighbour is the winner's too.
+-- person_id follows merged_into (matching never lands on an absorbed person). The embedding, if
+-- %(with_embedding)s, lets the joining rule tell whether a pending neighbour is the winner's too
+-- (RuleParams.pending_support); not sent otherwise (reading 16 vectors a search is not free).
 SELECT n.id, n.state, n.media_item_id, n.track_id, n.low_quality, n.similarity,
-       COALESCE(t.merged_into, t.id) AS person_id, n.embedding
+       COALESCE(t.merged_into, t.id) AS person_id,
+       CASE WHEN %(with_embedding)s THEN n.embedding END AS embedding
 FROM (
     SELECT id, topic_id, state, media_item_id, track_id, low_quality, embedding,
            1 - (embedding <=> %(embedding)s) AS similarity
