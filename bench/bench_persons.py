@@ -31,7 +31,10 @@ partial analysis (the first 2,265 photos of labels.csv, frequent people only): r
 import both P 0.9982 R 0.852, 103 persons, 189 faces pending; pairs agreement 1.0000, 1000/1000
 photos alike (with or without a person); main.py said "persons: 103 (880 faces stored, 189
 waiting to meet again)"; 1.7 photos/s for analysis and matching under load ~15. On the full
-analysis: see the end (the same run on the final npz).
+analysis, `--photos 1000 --orders 1 --import`: replay and import both P 0.9937 R 0.700 (frequent
+0.722, occasional 0.300), strangers out 0.995, 74 persons, 671 pending, 1 in review; pairs
+agreement 1.0000, 1000/1000 alike; main.py: "persons: 74 (377 faces stored, 671 waiting to meet
+again)"; 1.2 photos/s (836 s) at load ~15-20.
 
 Defaults (join 0.93: FAR 5.5e-4 per pair of centred faces, TAR 0.912; seed 0.945: FAR 4.7e-5,
 TAR 0.704; `tune_persons.py --impostors`). bench/tune_persons.py calls the same rule functions
@@ -77,9 +80,18 @@ Recall rules measured (match_rules.RuleParams, off by default; tune_persons.py f
   impure founding groups need the split suggestions of issue 14's Deliver 3 (or a better
   embedding), not a threshold.
 
-Matching cost: see the end (measured under load 15-21 on 2 cores shared with six other
-sessions, where PostgreSQL round trips suffer more than dlib's arithmetic; the first session
-measured 7.9 ms/photo = 7 % of the analysis at 5,130 photos on a quiet machine).
+Matching cost, on 2 cores shared with six other sessions (PostgreSQL round trips suffer from
+the load more than dlib's arithmetic, so compare within one run):
+  `--photos 5130 --orders 1` (load 15 falling to 7 during the run): P 0.9934 R 0.706, 354
+  persons, 2,212 pending, 266 in review (the simulation's figures); 17.6 photos/s through the
+  matcher, 47.1 ms/photo = 8 % of the analysis measured at the start of the run (584 ms/photo;
+  6 % of the stored analysis time). The first session: 7.9 ms/photo = 7 % on a quiet machine.
+  `--photos 1000 --orders 1,2,3` at load ~20: 187-251 ms/photo = 20-27 % of the analysis
+  measured then (932 ms/photo): under that load every round trip waits for a core.
+  Per face the matcher runs one HNSW kNN (k 16), the candidate persons' means (persons_views,
+  which reads every face of each candidate person: it grows with the size of the persons a face
+  is near, not with the stored faces), the operator's facts, and for pending faces the seeding
+  search (seed_k 32); bench/bench_scale.py measures the kNN at up to 1M faces.
 """
 
 from __future__ import annotations
