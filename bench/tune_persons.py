@@ -1,7 +1,9 @@
 """Offline tuning of the matcher's rules on the faces-lfw embeddings (numpy, no database).
 
     .venv/bin/python bench/tune_persons.py [--npz /work/tmp/lfw/lfw_dlib.npz] [--photos N]
-        [--orders 1,2,3] [--join 0.93] [--seed 0.94] [--margin 0.004] [--grid]
+        [--orders 1,2,3] [--join 0.93] [--seed 0.94] [--seed-floor F] [--min-faces N]
+        [--pending-support] [--wait-near-person] [--impostors] [--ceiling] [--grid]
+    (--npz tests/lfw_dlib_subset.npz: the scale test's subset)
 
 Replays the photos (in a seeded random order) through a simulation of identity_matcher's flow —
 exact k nearest neighbours, the decision and seeding rules of match_rules.py (the very
