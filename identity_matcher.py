@@ -27,7 +27,9 @@ The rules:
   items count once; faces of one video track are one person among themselves). Before founding,
   the group as a whole is decided against the existing persons by the joining rule: a group that
   is a known person joins it (one person, not two); a group in doubt waits. The founders' media
-  items are all posted at once.
+  items are all posted at once. With `wait_near_person` (off by default, see RuleParams), a
+  group that joins no person founds one only if no person it may join is at the join
+  threshold of it as a whole (`may_found`): it waits rather than make a person twice.
 - **One media item, distinct persons.** Two faces of one photo, or two tracks of one video, never
   share a person. The unit with the strongest claim decides first; the others decide without
   the persons already taken.
@@ -66,7 +68,7 @@ from psycopg.types.json import Jsonb
 import match_search as search
 from database import HNSW_EF_SEARCH, queries
 from match_rules import (Candidate, Decision, FaceQuery, Neighbour, PendingFace, RuleParams,
-                         decide, seed_group, unit_vector, vetoes)
+                         decide, may_found, seed_group, unit_vector, vetoes)
 from match_writes import Run
 
 if TYPE_CHECKING:
@@ -107,6 +109,8 @@ class MatchParams:
     seed_k: int = 32                   # neighbours searched for founding faces
     ef_search: int = DEFAULT_EF_SEARCH
     cascade_limit: int = 100           # pending units re-decided per call, at most
+    pending_support: bool = False      # match_rules.RuleParams: measured, off (costs precision)
+    wait_near_person: bool = False
 
     def __post_init__(self) -> None:
         if not (0.0 < self.similarity_threshold < 1.0 and 0.0 < self.seed_threshold < 1.0):
@@ -148,7 +152,9 @@ class MatchParams:
         return RuleParams(margin=self.margin, seed_threshold=self.seed_threshold,
                           min_faces=self.min_faces, duplicate_similarity=self.duplicate_similarity,
                           min_support=self.min_support, cohesion_slack=self.cohesion_slack,
-                          cohesion_full_size=self.cohesion_full_size)
+                          cohesion_full_size=self.cohesion_full_size,
+                          pending_support=self.pending_support,
+                          wait_near_person=self.wait_near_person)
 
     def threshold(self, low_quality: bool) -> float:
         return self.low_quality_threshold if low_quality else self.similarity_threshold
@@ -267,23 +273,27 @@ class IdentityMatcher:
 
     async def _decide_unit(self, conn, embeddings: Sequence[np.ndarray],
                            low_quality: Sequence[bool], neighbour_lists: list[list[Neighbour]],
-                           excluded: set[int]) -> Decision:
+                           excluded: set[int], *, group: bool = False):
         """The joining rule for one unit, with its candidates' persons and the operator's facts
-        read from the database."""
+        read from the database; for a founding `group`, (decision, `may_found`)."""
         queries_ = [FaceQuery(e, self.params.threshold(lq), ns)
                     for e, lq, ns in zip(embeddings, low_quality, neighbour_lists)]
         persons = await search.person_views(
             conn, {n.person_id for ns in neighbour_lists for n in ns if n.person_id is not None})
         rejections = await search.rejections(conn, [n.face_id for ns in neighbour_lists
                                                     for n in ns])
-        return decide(queries_, persons, self.rules, excluded=excluded,
-                      vetoed=vetoes(neighbour_lists, rejections))
+        decision = decide(queries_, persons, self.rules, excluded=excluded,
+                          vetoed=vetoes(neighbour_lists, rejections))
+        if group:
+            return decision, may_found(queries_, persons, excluded=excluded)
+        return decision
 
     async def _neighbours(self, conn, embedding: np.ndarray, media_item_id: int,
                           skip: frozenset[int] = frozenset()) -> list[Neighbour]:
         # the exclusions are inside the index scan: k faces come back that pass them
         return await search.knn(conn, embedding, self.params.k, self.params.suggest_threshold,
-                                media_item_id=media_item_id, skip=skip)
+                                media_item_id=media_item_id, skip=skip,
+                                with_embedding=self.params.pending_support)
 
     async def _decide_new(self, run: Run, units: list[_Unit]) -> None:
         """Search and decide for the new faces; units with the strongest claim choose first."""
@@ -397,8 +407,9 @@ class IdentityMatcher:
         for mate in await search.pending_units(conn, list(members)):
             members.setdefault(mate.face_id, mate)  # the rest of the founders' video tracks
         ordered = list(members.values())
-        decision = await self._decide_group(conn, ordered)
-        if decision.state == "review":
+        decision, founds = await self._decide_group(conn, ordered)
+        if decision.state == "review" or (decision.state == "pending" and not founds
+                                          and self.rules.wait_near_person):
             return  # the group looks like a known person, but not clearly: it waits
         centre = unit_vector(np.sum([g.embedding for g in group], axis=0))
         if decision.state == "assigned":
@@ -414,8 +425,9 @@ class IdentityMatcher:
                     "created" if by == "seed" else "grew", joined, len(ordered),
                     len({m.media_item_id for m in ordered}))
 
-    async def _decide_group(self, conn, group: list[PendingFace]) -> Decision:
-        """The joining rule for a would-be founding group as one unit."""
+    async def _decide_group(self, conn, group: list[PendingFace]) -> tuple[Decision, bool]:
+        """The joining rule for a would-be founding group as one unit, and whether it may found
+        a person if it joins none (`may_found`)."""
         ids = frozenset(m.face_id for m in group)
         neighbour_lists = [await self._neighbours(conn, m.embedding, m.media_item_id, ids)
                            for m in group]
@@ -425,7 +437,8 @@ class IdentityMatcher:
         own = await search.rejections(conn, sorted(ids))
         excluded = excluded.union(*own.values())
         return await self._decide_unit(conn, [m.embedding for m in group],
-                                       [m.low_quality for m in group], neighbour_lists, excluded)
+                                       [m.low_quality for m in group], neighbour_lists, excluded,
+                                       group=True)
 
     async def _cascade(self, run: Run) -> None:
         """Pending faces near faces that just joined (or founded) a person are decided again."""

@@ -10,7 +10,8 @@ the rule: a loose person's mean vector is shorter, so a face needs to be closer 
 
 `decide` is the rule for one unit (a photo face, or the faces of one video track); `vetoes`
 applies the operator's "not this person" facts; `seed_group` is the complete-linkage rule that
-founds persons from the pending pool. identity_matcher.py feeds them from the database;
+gathers a founding group from the pending pool, and `may_found` says whether a group that joins
+nobody founds a person or waits. identity_matcher.py feeds them from the database;
 bench/tune_persons.py feeds the same functions from numpy, to tune the numbers offline on
 faces-lfw (identity_matcher.MatchParams, engine defaults in media_processor.ENGINES).
 """
@@ -35,6 +36,8 @@ class Neighbour:
     track_id: int | None
     low_quality: bool
     similarity: float
+    embedding: np.ndarray | None = None  # needed to tell whether a pending neighbour is the
+    #                                      winner's too (`decide`'s support); None: unknown
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,21 @@ class RuleParams:
     #                              cohesion says less, and its slack is smaller in proportion
     min_support: float = 0.5    # share of the unit's neighbours at the threshold that must be the
     #                             winner's faces (pending faces and other persons' count against)
+    seed_floor: float | None = None  # every pair of founding faces at least this alike, and the
+    #                             pairs on average `seed_threshold` (None: every pair at that)
+    # Two recall rules measured in issue 14's second session, off by default because they cost
+    # precision on faces-lfw (bench/bench_persons.py's docstring has the figures): at 5,130
+    # photos, both on, recall 0.91 / 0.92 / 0.89 in orders 1-3 against 0.71 / 0.76 / 0.75, but
+    # precision 0.988 / 0.994 / 0.972 against 0.993 / 0.994 / 0.996: persons founded from two
+    # look-alikes (sisters, or three faces of different people >= 0.945 pairwise) no longer
+    # stay small, they grow with both people's faces.
+    pending_support: bool = False  # pending neighbours that would join the winner count for it
+    wait_near_person: bool = False  # a founding group at a known person's threshold waits
+    #                                 (`may_found`) instead of founding a second person
+
+    @property
+    def seed_pair_floor(self) -> float:
+        return self.seed_threshold if self.seed_floor is None else self.seed_floor
 
 
 def linkage(query: FaceQuery, person: PersonView) -> float:
@@ -103,6 +121,11 @@ def cohesion(person: PersonView) -> float | None:
 def slack(person: PersonView, params: RuleParams) -> float:
     """How far below its cohesion a face may be to join the person."""
     return params.cohesion_slack * min(1.0, person.size / params.cohesion_full_size)
+
+
+def _cohesion_bar(person: PersonView, params: RuleParams) -> float:
+    tight = cohesion(person)
+    return -1.0 if tight is None else tight - slack(person, params)
 
 
 def candidate_persons(faces: Sequence[FaceQuery]) -> set[int]:
@@ -157,13 +180,45 @@ def decide(faces: Sequence[FaceQuery], persons: Mapping[int, PersonView], params
     # Support: most of the faces this close that belong to nobody yet must be the winner's
     # faces. Good pending faces close to this one are someone the person's faces are not (or
     # not yet): the face waits with them (and may found a person with them, which then is
-    # decided against this person as a whole).
-    waiting = sum(1 for f in faces for n in f.neighbours
-                  if n.person_id is None and n.state in ("pending", "review")
-                  and not n.low_quality and n.similarity >= f.threshold)
-    if winner.votes < params.min_support * (winner.votes + waiting):
+    # decided against this person as a whole). A pending face that is itself as close to the
+    # person as a whole as a face must be to join it may be the person's too (seen before the
+    # person was, or held back by the others): with `pending_support` it supports the winner
+    # instead (off by default: on faces-lfw it lets a look-alike's pending faces into a person,
+    # see RuleParams).
+    person = persons[winner.person_id]
+    bar = max(threshold, _cohesion_bar(person, params))
+    votes, waiting = winner.votes, 0
+    for f in faces:
+        for n in f.neighbours:
+            if (n.person_id is None and n.state in ("pending", "review") and not n.low_quality
+                    and n.similarity >= f.threshold):
+                if (params.pending_support and n.embedding is not None
+                        and float(np.dot(n.embedding, person.mean)) >= bar):
+                    votes += 1
+                else:
+                    waiting += 1
+    if votes < params.min_support * (votes + waiting):
         return Decision("pending", similarity=winner.similarity)
     return Decision("assigned", winner.person_id, winner.similarity, candidates)
+
+
+def may_found(faces: Sequence[FaceQuery], persons: Mapping[int, PersonView], *,
+              excluded: frozenset[int] | set[int] = frozenset()) -> bool:
+    """Whether a would-be founding group (its faces as one unit) that `decide` put in no person
+    may found a new one: only if no person it may join is, as a whole, as close to it as a face
+    must be to join (average linkage at the threshold). A group that close to a known person,
+    held back by that person's spread or by waiting faces or between two persons, is most likely
+    that person seen from another side: founding it would split the person in two (seen on
+    faces-lfw: the same people founded twice, their later faces in review between the halves).
+    It waits, and its faces join the person as it grows towards them."""
+    threshold = float(np.mean([f.threshold for f in faces]))
+    for person_id in candidate_persons(faces):
+        person = persons.get(person_id)
+        if person is None or person_id in excluded or person.size == 0:
+            continue
+        if float(np.mean([linkage(f, person) for f in faces])) >= threshold:
+            return False
+    return True
 
 
 def _best_similarity(faces: Sequence[FaceQuery]) -> float | None:
@@ -210,14 +265,19 @@ def seed_group(founders: Sequence[PendingFace], candidates: Sequence[tuple[float
     sightings (near-duplicates of different media items count once) from at least 2 media
     items; otherwise None."""
     group = list(founders)
+    floor = params.seed_pair_floor
+    pairs = [float(a.embedding @ b.embedding) for i, a in enumerate(group) for b in group[i + 1:]
+             if not a.same_track(b)]
     for _, c in sorted(candidates, key=lambda item: -item[0]):
         if any(g.face_id == c.face_id for g in group):
             continue
         if any(g.media_item_id == c.media_item_id and not g.same_track(c) for g in group):
             continue
-        if all(float(c.embedding @ g.embedding) >= params.seed_threshold
-               for g in group if not g.same_track(c)):
+        new = [float(c.embedding @ g.embedding) for g in group if not g.same_track(c)]
+        if all(s >= floor for s in new) and (
+                not pairs + new or np.mean(pairs + new) >= params.seed_threshold):
             group.append(c)
+            pairs += new
     media = {g.media_item_id for g in group}
     if sightings(group, params.duplicate_similarity) < params.min_faces or len(media) < 2:
         return None

@@ -24,14 +24,15 @@ if TYPE_CHECKING:
 
 async def knn(conn: psycopg.AsyncConnection, embedding: np.ndarray, k: int,
               min_similarity: float, *, media_item_id: int | None = None,
-              skip: Iterable[int] = ()) -> list[Neighbour]:
+              skip: Iterable[int] = (), with_embedding: bool = False) -> list[Neighbour]:
     """The `k` stored faces nearest to `embedding` other than those of `media_item_id` and
-    `skip`, those at least `min_similarity` alike."""
+    `skip`, those at least `min_similarity` alike (with their embeddings if `with_embedding`)."""
     rows = await (await conn.execute(queries.for_dimension("persons_knn", len(embedding)), {
         "embedding": embedding, "k": k, "min_similarity": min_similarity,
-        "media_item_id": media_item_id, "skip_ids": sorted(skip)})).fetchall()
+        "media_item_id": media_item_id, "skip_ids": sorted(skip), "with_embedding": with_embedding})).fetchall()
     return [Neighbour(r[0], r[6] if r[1] == "assigned" else None, r[1], r[2], r[3], r[4],
-                      float(r[5])) for r in rows]
+                      float(r[5]), None if r[7] is None else r[7].to_numpy().astype(np.float32))
+            for r in rows]
 
 
 async def person_views(conn: psycopg.AsyncConnection,

@@ -221,7 +221,7 @@ def run_queries(conn: psycopg.Connection, faces: np.ndarray, *, k: int, min_simi
             start = time.perf_counter()
             rows = conn.execute(queries.persons_knn, {
                 "embedding": face, "k": k, "min_similarity": min_similarity,
-                "media_item_id": None, "skip_ids": []}).fetchall()
+                "media_item_id": None, "skip_ids": [], "with_embedding": False}).fetchall()
             latencies.append((time.perf_counter() - start) * 1000)
             results.append([r[0] for r in rows])
     return latencies, results

@@ -226,7 +226,7 @@ def run_knn(conn, faces, query: str, params: MatchParams, ef_search: int):
             start = time.perf_counter()
             rows = conn.execute(query, {"embedding": face, "k": params.k, "skip_ids": [],
                                         "min_similarity": params.suggest_threshold,
-                                        "media_item_id": None}).fetchall()
+                                        "media_item_id": None, "with_embedding": False}).fetchall()
             latencies.append((time.perf_counter() - start) * 1000)
             results.append([r[0] for r in rows])
     return latencies, results
@@ -490,7 +490,7 @@ def main(argv: list[str] | None = None) -> int:
                     plan = " ".join(r[0] for r in conn.execute(
                         "EXPLAIN " + query, {"embedding": faces[0], "k": params.k, "skip_ids": [],
                                              "min_similarity": params.suggest_threshold,
-                                             "media_item_id": None}).fetchall())
+                                             "media_item_id": None, "with_embedding": False}).fetchall())
                     conn.rollback()
                     index = "idx_embeddings_vector" if kind == "vector" else "idx_embeddings_halfvec"
                     if index not in plan:

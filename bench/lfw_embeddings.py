@@ -32,7 +32,11 @@ sys.path.insert(0, str(ROOT))
 
 from media_processor import FaceProcessor  # noqa: E402
 
-DEFAULT_LFW = ROOT.parent / "shared" / "faces-lfw"
+# ../shared/faces-lfw beside the checkout (/work/main), or beside its parent (a worktree
+# /work/wt/<name>): the first that exists.
+DEFAULT_LFW = next((p for p in (ROOT.parent / "shared" / "faces-lfw",
+                                ROOT.parent.parent / "shared" / "faces-lfw")
+                    if (p / "labels.csv").exists()), ROOT.parent / "shared" / "faces-lfw")
 CENTRE_RADIUS = 0.2  # share of the image side
 
 _processor: FaceProcessor | None = None

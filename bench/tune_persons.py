@@ -1,7 +1,9 @@
 """Offline tuning of the matcher's rules on the faces-lfw embeddings (numpy, no database).
 
     .venv/bin/python bench/tune_persons.py [--npz /work/tmp/lfw/lfw_dlib.npz] [--photos N]
-        [--orders 1,2,3] [--join 0.93] [--seed 0.94] [--margin 0.004] [--grid]
+        [--orders 1,2,3] [--join 0.93] [--seed 0.94] [--seed-floor F] [--min-faces N]
+        [--pending-support] [--wait-near-person] [--impostors] [--ceiling] [--grid]
+    (--npz tests/lfw_dlib_subset.npz: the scale test's subset)
 
 Replays the photos (in a seeded random order) through a simulation of identity_matcher's flow —
 exact k nearest neighbours, the decision and seeding rules of match_rules.py (the very
@@ -28,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from identity_matcher import MatchParams  # noqa: E402
 from match_rules import (Decision, FaceQuery, Neighbour, PendingFace, PersonView,  # noqa: E402
-                         RuleParams, decide, seed_group)
+                         RuleParams, decide, may_found, seed_group)
 
 MIN_QUALITY = 0.5      # the daemon's MIN_QUALITY_THRESHOLD
 SEED_MIN_QUALITY = 0.7
@@ -50,12 +52,17 @@ class SimParams:
     min_support: float = 0.67
     cohesion_slack: float = 0.025
     cohesion_full_size: int = 5
+    seed_floor: float | None = None
+    pending_support: bool = False
+    wait_near_person: bool = False
 
     def rules(self) -> RuleParams:
         return RuleParams(margin=self.margin, seed_threshold=self.seed, min_faces=self.min_faces,
                           duplicate_similarity=self.duplicate, min_support=self.min_support,
                          cohesion_slack=self.cohesion_slack,
-                         cohesion_full_size=self.cohesion_full_size)
+                         cohesion_full_size=self.cohesion_full_size, seed_floor=self.seed_floor,
+                         pending_support=self.pending_support,
+                         wait_near_person=self.wait_near_person)
 
     @classmethod
     def from_match(cls, m: MatchParams) -> SimParams:
@@ -65,7 +72,8 @@ class SimParams:
                    duplicate=m.duplicate_similarity, floor=m.suggest_threshold, k=m.k,
                    seed_k=m.seed_k, min_faces=m.min_faces, cascade_limit=m.cascade_limit,
                    min_support=m.min_support, cohesion_slack=m.cohesion_slack,
-                   cohesion_full_size=m.cohesion_full_size)
+                   cohesion_full_size=m.cohesion_full_size, pending_support=m.pending_support,
+                   wait_near_person=m.wait_near_person)
 
 
 @dataclass
@@ -96,6 +104,26 @@ class Data:
         data.faces_of = [[] for _ in range(len(centred))]
         for i, p in enumerate(data.photo):
             data.faces_of[p].append(i)
+        return data
+
+    @classmethod
+    def load_subset(cls, path: Path) -> Data:
+        """tests/lfw_dlib_subset.npz (faces already at MIN_QUALITY; strangers' identity -1)."""
+        d = np.load(path)
+        photos = int(d["photo"].max()) + 1
+        centred = np.full(photos, -1, np.int64)
+        centred[d["photo"][d["is_centred"]]] = np.flatnonzero(d["is_centred"])
+        identity = np.array([int(v) if v >= 0 else -(k + 1) for k, v in enumerate(d["identity"])])
+        names, counts = np.unique(identity, return_counts=True)
+        count = counts[np.searchsorted(names, identity)]
+        data = cls(d["embeddings"], d["photo"], d["quality"] < SEED_MIN_QUALITY, centred,
+                   identity, count)
+        data.quality = d["quality"]
+        data.bbox = np.tile(np.array([0, 0, 100, 100], np.float32), (len(d["photo"]), 1))
+        data.seconds = np.zeros(photos, np.float32)
+        data.faces_of = [[] for _ in range(photos)]
+        for i, ph in enumerate(data.photo):
+            data.faces_of[ph].append(i)
         return data
 
 
@@ -130,7 +158,8 @@ class Sim:
                 continue
             state = self.state[i]
             out.append(Neighbour(i, int(self.person[i]) if state == "assigned" else None, state,
-                                 int(self.d.photo[i]), None, bool(self.d.low[i]), s))
+                                 int(self.d.photo[i]), None, bool(self.d.low[i]), s,
+                                 self.d.emb[i]))
         return out
 
     def views(self, queries: list[FaceQuery]) -> dict[int, PersonView]:
@@ -202,7 +231,7 @@ class Sim:
             return []
         p, d = self.p, self.d
         cands = [(n.similarity, self.pending_face(n.face_id))
-                 for n in self.knn(d.emb[i], p.seed_k, p.seed, int(d.photo[i]))
+                 for n in self.knn(d.emb[i], p.seed_k, self.rules.seed_pair_floor, int(d.photo[i]))
                  if n.state == "pending" and not n.low_quality]
         group = seed_group([self.pending_face(i)], cands, self.rules)
         if group is None:
@@ -217,7 +246,8 @@ class Sim:
             dec = decide(queries, views, self.rules, excluded=excluded)
             if dec.state == "assigned":
                 target = dec.person_id
-            elif dec.state == "review":
+            elif dec.state == "review" or (p.wait_near_person
+                                           and not may_found(queries, views, excluded=excluded)):
                 return []
         if target is None:
             target = self.next_person
@@ -358,12 +388,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--support", type=float, default=None)
     parser.add_argument("--slack", type=float, default=None)
     parser.add_argument("--full-size", type=int, default=None)
+    parser.add_argument("--seed-floor", type=float, default=None)
+    parser.add_argument("--min-faces", type=int, default=None)
+    parser.add_argument("--pending-support", action="store_true",
+                        help="RuleParams.pending_support (off by default)")
+    parser.add_argument("--wait-near-person", action="store_true",
+                        help="RuleParams.wait_near_person (off by default)")
     parser.add_argument("--no-group-join", action="store_true")
     parser.add_argument("--impostors", action="store_true")
     parser.add_argument("--ceiling", action="store_true")
     parser.add_argument("--grid", default=None, help="join values, comma-separated")
     args = parser.parse_args(argv)
-    data = Data.load(args.npz)
+    data = Data.load_subset(args.npz) if "subset" in args.npz.name else Data.load(args.npz)
     n = args.photos or len(data.centred)
     if args.impostors:
         impostors(data)
@@ -373,14 +409,19 @@ def main(argv: list[str] | None = None) -> int:
         extra["cohesion_slack"] = args.slack
     if args.full_size is not None:
         extra["cohesion_full_size"] = args.full_size
+    if args.min_faces is not None:
+        extra["min_faces"] = args.min_faces
+    extra["pending_support"] = args.pending_support
+    extra["wait_near_person"] = args.wait_near_person
     for join, seed_order in itertools.product(joins, [int(s) for s in args.orders.split(",")]):
         photos = order(len(data.centred), n, seed_order)
         m = MatchParams.for_engine("dlib", similarity_threshold=join, seed_threshold=args.seed,
                                    **extra)
         p = SimParams.from_match(m)
         p.group_join = not args.no_group_join
+        p.seed_floor = args.seed_floor
         result, _ = simulate(data, p, photos)
-        print(f"{n} photos order {seed_order} join {p.join} seed {p.seed} support "
+        print(f"{n} photos order {seed_order} join {p.join} seed {p.seed} floor {p.seed_floor} support "
               f"{p.min_support} slack {p.cohesion_slack}: {fmt(result)}", flush=True)
         if args.ceiling:
             print(f"  average linkage at {p.join}: "

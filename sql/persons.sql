@@ -18,11 +18,14 @@ SELECT set_config('hnsw.ef_search', %(ef_search)s, true);
 -- The similarity filter comes after the top-k: inside, a face with fewer than k neighbours
 -- above it would make the scan run on to hnsw.max_scan_tuples.
 -- person_id follows merged_into (matching never lands on an absorbed person).
+-- The embedding, if %(with_embedding)s, lets the joining rule tell whether a pending
+-- neighbour is the winner's too (RuleParams.pending_support); not sent otherwise.
 -- For 512-d embeddings the distance is rewritten to the halfvec index's (Queries.for_dimension).
 SELECT n.id, n.state, n.media_item_id, n.track_id, n.low_quality, n.similarity,
-       COALESCE(t.merged_into, t.id) AS person_id
+       COALESCE(t.merged_into, t.id) AS person_id,
+       CASE WHEN %(with_embedding)s THEN n.embedding END AS embedding
 FROM (
-    SELECT id, topic_id, state, media_item_id, track_id, low_quality,
+    SELECT id, topic_id, state, media_item_id, track_id, low_quality, embedding,
            1 - (embedding <=> %(embedding)s) AS similarity
     FROM face_embeddings
     WHERE (media_item_id = %(media_item_id)s::bigint) IS NOT TRUE
@@ -437,3 +440,20 @@ SELECT id, topic_id, state FROM face_embeddings;
 -- This session's commits do not wait for the disk (a replay's thousands of small transactions;
 -- the data is thrown away afterwards).
 SELECT set_config('synchronous_commit', 'off', false);
+
+-- name: bench_import_faces
+-- bench/bench_persons.py --import: every stored face of the imported messages of chat
+-- %(chat_id)s, with its message, person (following merges), state and box.
+SELECT j.source_message_id, f.id, COALESCE(t.merged_into, t.id), f.state, f.bbox
+FROM media_jobs j
+JOIN face_embeddings f ON f.media_item_id = j.media_item_id
+LEFT JOIN telegram_topics t ON t.id = f.topic_id
+WHERE j.source_chat_id = %(chat_id)s;
+
+-- name: bench_import_posts
+-- bench/bench_persons.py --import: the persons each imported message of %(chat_id)s is due in.
+SELECT j.source_message_id, COALESCE(t.merged_into, t.id)
+FROM media_jobs j
+JOIN uploaded_media u ON u.media_item_id = j.media_item_id
+JOIN telegram_topics t ON t.id = u.topic_id
+WHERE j.source_chat_id = %(chat_id)s;

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from match_rules import (Decision, FaceQuery, Neighbour, PendingFace, PersonView, RuleParams,
-                         cohesion, decide, seed_group, sightings, vetoes)
+                         cohesion, decide, may_found, seed_group, sightings, vetoes)
 
 RULES = RuleParams(margin=0.007, seed_threshold=0.945, min_faces=3, duplicate_similarity=0.996,
                    min_support=0.67, cohesion_slack=0.025, cohesion_full_size=5)
@@ -24,9 +25,9 @@ def person(person_id: int, size: int, linkage_of_axis: float, tightness: float) 
     return PersonView(person_id, size, np.array([linkage_of_axis, other, 0.0], np.float32))
 
 
-def n(face_id, person_id, similarity, state="assigned", low_quality=False):
+def n(face_id, person_id, similarity, state="assigned", low_quality=False, embedding=None):
     return Neighbour(face_id, person_id, state if person_id is None else "assigned",
-                     face_id * 10, None, low_quality, similarity)
+                     face_id * 10, None, low_quality, similarity, embedding)
 
 
 def face(*neighbours, threshold=JOIN) -> list[FaceQuery]:
@@ -97,6 +98,26 @@ def test_good_pending_faces_nearby_hold_the_face_back():
     assert decide(face(n(1, 7, 0.94), *poor), persons, RULES).state == "assigned"
 
 
+def test_pending_faces_that_are_the_person_too_support_it_when_asked():
+    rules = replace(RULES, pending_support=True)
+    persons = {7: person(7, 6, 0.94, 0.95)}
+    mean = persons[7].mean
+    # Pending faces as close to the person as a whole as a joining face must be (0.94 >= the
+    # join threshold 0.93 and the person's cohesion 0.95 - slack 0.025): the person's faces,
+    # seen before the person was founded. They count for it, and the face joins.
+    own = unit(1, 0, 0)
+    assert float(own @ mean) == pytest.approx(0.94, abs=1e-4)
+    alike = [n(10 + k, None, 0.95, "pending", embedding=own) for k in range(3)]
+    assert decide(face(n(1, 7, 0.94), *alike), persons, rules).state == "assigned"
+    # By default (RuleParams.pending_support off) every good pending face counts against.
+    assert decide(face(n(1, 7, 0.94), *alike), persons, RULES).state == "pending"
+    # Pending faces close to this face but 0.92 like the person: someone else's, they hold it.
+    other = unit(0.95, 0.09, 0.299)
+    assert 0.91 < float(other @ mean) < 0.925
+    apart = [n(10 + k, None, 0.95, "pending", embedding=other) for k in range(3)]
+    assert decide(face(n(1, 7, 0.94), *apart), persons, rules).state == "pending"
+
+
 def test_a_rejected_look_alike_vetoes_its_person():
     # Face 1 was moved out of person 7 by the operator and is the closest thing to this face.
     neighbours = [n(1, None, 0.97, "pending"), n(2, 7, 0.95), n(3, 7, 0.95)]
@@ -149,3 +170,17 @@ def test_seeding_takes_one_face_per_photo_and_counts_duplicates_once():
     assert sightings([a, copy, other], 0.996) == 2
     third = pending(5, 4, unit(1, -0.1, 0.05))
     assert len(seed_group([a], [(0.99, copy), (0.99, other), (0.99, third)], RULES)) == 4
+
+
+def test_a_group_at_the_threshold_of_a_known_person_waits_rather_than_split_it():
+    # Linkage 0.94 to a tight person (cohesion 0.99: 0.94 is more than the slack below): the
+    # group joins nobody, and founding it would make the person twice: it waits.
+    persons = {7: person(7, 10, 0.94, 0.99)}
+    group = face(n(1, 7, 0.95)) * 3
+    assert decide(group, persons, RULES).state == "pending"
+    assert not may_found(group, persons)
+    # Unless that person is one it may not join (seen beside it in one photo, say).
+    assert may_found(group, persons, excluded={7})
+    # A person 0.92 like the group as a whole: someone else; the group founds its own.
+    assert may_found(group, {7: person(7, 10, 0.92, 0.95)})
+    assert may_found(face(), {})

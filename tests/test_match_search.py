@@ -127,7 +127,7 @@ async def test_512_d_faces_are_searched_through_the_half_precision_index(arcface
             statement = queries.for_dimension("persons_knn", 512)
             plan = " ".join(r[0] for r in await (await conn.execute(
                 "EXPLAIN " + statement, {"embedding": faces[3], "k": 16, "min_similarity": -1.0,
-                                         "media_item_id": None, "skip_ids": []})).fetchall())
+                                         "media_item_id": None, "skip_ids": [], "with_embedding": False})).fetchall())
             found = await search.knn(conn, faces[3], 16, -1.0)
     finally:
         await pool.close()
