@@ -116,6 +116,9 @@ class Settings(BaseSettings):
 
     # --- Dashboard --------------------------------------------------------------------------
     dashboard_password: SecretStr | None = None
+    dashboard_db_password: SecretStr | None = Field(
+        None, description="Password of the dashboard's own PostgreSQL role (face_archiver_dashboard); "
+                          "required with POSTGRES_HOST, not with the embedded server")
     dashboard_auth: bool = Field(
         True, description="false turns the password off; only for a dashboard bound to localhost")
 
@@ -233,7 +236,8 @@ def _describe(error: dict) -> str:
     return f"{name}: {message}{shown}"
 
 
-_SECRET_NAMES = frozenset({"TG_API_HASH", "POSTGRES_PASSWORD", "DASHBOARD_PASSWORD", "GITHUB_TOKEN"})
+_SECRET_NAMES = frozenset({"TG_API_HASH", "POSTGRES_PASSWORD", "DASHBOARD_PASSWORD", "DASHBOARD_DB_PASSWORD",
+                           "GITHUB_TOKEN"})
 
 
 def load_settings(env_file: str | Path | None = ".env", **overrides: object) -> Settings:

@@ -52,7 +52,7 @@ def forget_person(conn: psycopg.Connection, person_id: int) -> Forgotten:
         if conn.execute(queries.erasure_lock_person, {"person_id": person_id}).fetchone() is None:
             raise ErasureError(f"no person {person_id} (or it was merged into another: forget that one)")
         media = [r[0] for r in conn.execute(queries.erasure_person_media, {"person_id": person_id}).fetchall()]
-        faces = conn.execute(queries.erasure_delete_faces, {"person_id": person_id}).rowcount
+        faces = conn.execute(queries.erasure_delete_faces, {"person_id": person_id}).fetchone()[0]
         posted = [r[0] for r in conn.execute(queries.persons_withdraw_posts, {
             "person_id": person_id, "media_item_ids": media}).fetchall()]
         conn.execute(queries.erasure_forget_person, {"person_id": person_id, "label": ERASED_LABEL})
