@@ -1,5 +1,5 @@
-"""Erasure: "forget this person" (`main.py forget PERSON_ID --yes`; the dashboard can call
-`forget_person` as well).
+"""Erasure: "forget this person" (`main.py forget PERSON_ID --yes`, and the person page's
+"Forget this person": dashboard_pages/erasure_ui.py).
 
 In one transaction, under the identity matcher's lock:
 - the person's faces go: embeddings, crops, rejections, and the faces waiting for review with the
