@@ -25,10 +25,12 @@ ROLE = "face_archiver_dashboard"
 
 
 def set_password(conninfo: str, password: str) -> None:
-    """Let the role log in with `password` (as the user that migrated; the password is never logged)."""
+    """Let the role log in with `password` (as the user that migrated). The password is hashed here,
+    by libpq, as `psql`'s \\password does: only its verifier reaches the server (and any statement log)."""
     with psycopg.connect(conninfo, autocommit=True) as conn:
-        # ALTER ROLE takes no parameters: the password goes in as a quoted literal.
-        conn.execute(sql.SQL("ALTER ROLE {} WITH LOGIN PASSWORD {}").format(sql.Identifier(ROLE), sql.Literal(password)))
+        verifier = conn.pgconn.encrypt_password(password.encode(), ROLE.encode()).decode()
+        # ALTER ROLE takes no parameters: the verifier goes in as a quoted literal.
+        conn.execute(sql.SQL("ALTER ROLE {} WITH LOGIN PASSWORD {}").format(sql.Identifier(ROLE), sql.Literal(verifier)))
 
 
 def conninfo(settings: config.Settings, server: Server) -> str:

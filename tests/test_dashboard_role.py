@@ -26,6 +26,19 @@ def as_role(conninfo: str) -> str:
     return make_conninfo(conninfo, user=dashboard_role.ROLE)
 
 
+def scram_matches(verifier: str, password: str) -> bool:
+    """The SCRAM-SHA-256 verifier PostgreSQL stores is the one of `password` (RFC 5802)."""
+    import base64
+    import hashlib
+    import hmac
+    iterations_salt, keys = verifier.removeprefix("SCRAM-SHA-256$").split("$")
+    iterations, salt = iterations_salt.split(":")
+    stored_key = keys.split(":")[0]
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), base64.b64decode(salt), int(iterations))
+    client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
+    return base64.b64encode(hashlib.sha256(client_key).digest()).decode() == stored_key
+
+
 def faces_of(conn, person_id: int) -> list[int]:
     return [r[0] for r in conn.execute("SELECT id FROM face_embeddings WHERE topic_id = %s ORDER BY id", (person_id,))]
 
@@ -113,8 +126,10 @@ def test_the_dashboard_logs_in_as_the_role(world, clean_env):
     info = dashboard_role.conninfo(settings, server)
     assert conninfo_to_dict(info)["user"] == dashboard_role.ROLE
     with psycopg.connect(world["db"]) as admin:   # the password is set on the role
-        assert admin.execute("SELECT rolpassword IS NOT NULL FROM pg_authid WHERE rolname = %s",
-                             (dashboard_role.ROLE,)).fetchone()[0]
+        stored = admin.execute("SELECT rolpassword FROM pg_authid WHERE rolname = %s",
+                               (dashboard_role.ROLE,)).fetchone()[0]
+        assert stored.startswith("SCRAM-SHA-256$") and "s3cret" not in stored   # only a verifier was sent
+        assert scram_matches(stored, "s3cret 'quoted'")
     with psycopg.connect(info) as conn:
         assert conn.execute("SELECT current_user").fetchone()[0] == dashboard_role.ROLE
     without = config.load_settings(None, postgres_host=params["host"], postgres_password="unused")
