@@ -121,13 +121,14 @@ class Notifier(Stoppable):
         for key in set(self._told) - current:   # over: told again if it comes back
             del self._told[key]
         due = [e for e in events if now - self._told.get(e.key, float("-inf")) >= self.config.interval]
-        if due:
-            await self.deliver(due)
+        if due and await self.deliver(due):   # undelivered: tried again at the next look
             for event in due:
                 self._told[event.key] = now
         return due
 
-    async def deliver(self, events: list[Event]) -> None:
+    async def deliver(self, events: list[Event]) -> bool:
+        """Send one digest of `events` everywhere configured; True if it reached one place."""
+        delivered = False
         text = "Face Archiver needs you:\n" + "\n".join(f"- {e.text}" for e in events)
         text = scrub(text)[:DIGEST_MAX]
         if self.config.webhook_url:
@@ -135,15 +136,19 @@ class Notifier(Stoppable):
                                                                   for e in events]}
             try:
                 await asyncio.to_thread(post_json, self.config.webhook_url, payload)
+                delivered = True
             except (OSError, ValueError) as exc:   # the URL may hold a token: never logged
                 logger.warning("the notification webhook failed: %s", type(exc).__name__)
         if self.config.hub_digest and self.send_to_hub is not None:
             try:
                 await self.send_to_hub(text)
+                delivered = True
             except Exception as exc:  # a flood wait, no hub, offline: the next reminder tries again
                 logger.warning("the notification digest could not be posted into the hub: %s", type(exc).__name__)
-        self.sent += 1
-        logger.info("notified: %s", "; ".join(e.key.split(":")[0] for e in events))
+        if delivered:
+            self.sent += 1
+            logger.info("notified: %s", "; ".join(e.key.split(":")[0] for e in events))
+        return delivered
 
 
 def post_json(url: str, payload: dict[str, Any], timeout: float = 10.0) -> None:

@@ -88,6 +88,15 @@ async def test_the_webhook_is_told_rate_limited_and_without_phone_numbers(pool, 
     assert len(received) == 4
 
 
+async def test_an_unreachable_webhook_is_tried_again_and_its_url_never_logged(pool, caplog):
+    closed = "http://127.0.0.1:9/hook/secret-token"   # the discard port: nothing listens
+    notifier = Notifier(pool, NotifySettings(webhook_url=closed, errors_per_hour=0))
+    await errors(pool, 1)
+    assert len(await notifier.check()) == 1 and notifier.sent == 0
+    assert len(await notifier.check()) == 1        # not told: due again at the next look
+    assert "webhook failed" in caplog.text and "secret-token" not in caplog.text
+
+
 def test_the_review_queue_above_the_setting_is_an_event():
     config = NotifySettings(webhook_url="http://x", review_above=50)
     assert events_from({"accounts": [], "review": 50, "errors_last_hour": 0}, config) == []
