@@ -104,6 +104,15 @@ class Settings(BaseSettings):
     health_posts_seconds: int = Field(
         3600, ge=10, le=604800, description="... or posts have been failing (none succeeding) this long")
 
+    # --- Notifications (notifications.py) ---------------------------------------------------
+    notify_webhook_url: SecretStr | None = Field(
+        None, description="POST a JSON notification here when the operator must act (it may hold a token)")
+    notify_hub_digest: bool = Field(False, description="Also post the notifications into the hub's General topic")
+    notify_review_above: int = Field(50, ge=0, le=1000000, description="Notify when more faces than this wait for review")
+    notify_errors_per_hour: int = Field(20, ge=0, le=1000000, description="Notify when more errors than this in an hour")
+    notify_interval_seconds: int = Field(
+        3600, ge=60, le=604800, description="A lasting problem is notified again at most this often")
+
     # --- Files ------------------------------------------------------------------------------
     data_dir: Path = Field(Path("data"), description="Embedded database, staging area and update flag")
     sessions_dir: Path | None = Field(None, description="Telegram session files (default DATA_DIR/sessions)")
@@ -116,6 +125,9 @@ class Settings(BaseSettings):
 
     # --- Dashboard --------------------------------------------------------------------------
     dashboard_password: SecretStr | None = None
+    dashboard_db_password: SecretStr | None = Field(
+        None, description="Password of the dashboard's own PostgreSQL role (face_archiver_dashboard); "
+                          "required with POSTGRES_HOST, not with the embedded server")
     dashboard_auth: bool = Field(
         True, description="false turns the password off; only for a dashboard bound to localhost")
 
@@ -233,7 +245,8 @@ def _describe(error: dict) -> str:
     return f"{name}: {message}{shown}"
 
 
-_SECRET_NAMES = frozenset({"TG_API_HASH", "POSTGRES_PASSWORD", "DASHBOARD_PASSWORD", "GITHUB_TOKEN"})
+_SECRET_NAMES = frozenset({"TG_API_HASH", "POSTGRES_PASSWORD", "DASHBOARD_PASSWORD", "DASHBOARD_DB_PASSWORD",
+                           "GITHUB_TOKEN", "NOTIFY_WEBHOOK_URL"})
 
 
 def load_settings(env_file: str | Path | None = ".env", **overrides: object) -> Settings:

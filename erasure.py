@@ -1,5 +1,5 @@
-"""Erasure: "forget this person" (`main.py forget PERSON_ID --yes`; the dashboard can call
-`forget_person` as well).
+"""Erasure: "forget this person" (`main.py forget PERSON_ID --yes`, and the person page's
+"Forget this person": dashboard_pages/erasure_ui.py).
 
 In one transaction, under the identity matcher's lock:
 - the person's faces go: embeddings, crops, rejections, and the faces waiting for review with the
@@ -52,7 +52,7 @@ def forget_person(conn: psycopg.Connection, person_id: int) -> Forgotten:
         if conn.execute(queries.erasure_lock_person, {"person_id": person_id}).fetchone() is None:
             raise ErasureError(f"no person {person_id} (or it was merged into another: forget that one)")
         media = [r[0] for r in conn.execute(queries.erasure_person_media, {"person_id": person_id}).fetchall()]
-        faces = conn.execute(queries.erasure_delete_faces, {"person_id": person_id}).rowcount
+        faces = conn.execute(queries.erasure_delete_faces, {"person_id": person_id}).fetchone()[0]
         posted = [r[0] for r in conn.execute(queries.persons_withdraw_posts, {
             "person_id": person_id, "media_item_ids": media}).fetchall()]
         conn.execute(queries.erasure_forget_person, {"person_id": person_id, "label": ERASED_LABEL})

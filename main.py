@@ -210,6 +210,12 @@ async def build_components(settings: config.Settings, role: str, pool, conninfo:
     from retention import Retention, RetentionSettings
     retention = Retention(pool, RetentionSettings.from_settings(settings))
     components.append(Component("retention", retention.run, retention.stop))
+    from notifications import Notifier, NotifySettings, hub_sender
+    notify = NotifySettings.from_settings(settings)
+    if notify.enabled and role in ("all", "uploader"):   # one process tells: the one that posts
+        topics = telegram.topics if telegram is not None else None
+        notifier = Notifier(pool, notify, send_to_hub=hub_sender(topics) if topics is not None else None)
+        components.append(Component("notifications", notifier.run, notifier.stop))
     return components
 
 

@@ -55,10 +55,12 @@ from typing import TYPE_CHECKING, Any
 from psycopg.rows import dict_row
 from telethon import errors, functions, types, utils
 
-from accounts import flood_wait_left, record_flood_wait, sleep_or_stop, stopped
+from accounts import flood_wait_left, record_flood_wait
 from database import queries
 from downloads import MediaChanged, download_message, fetch_message, media_extension, without_stalls
 from processing_queue import PermanentJobError, record_error
+from retry_policy import RetryPolicy
+from stoppable import Stoppable
 from telegram_errors import FLOOD_WAITS, account_state
 from topics import HubUnavailable, PersonNotPostable, is_topic_gone, message_id_from_updates
 
@@ -144,48 +146,48 @@ class _Skip(Exception):
     """This source cannot be used for the post; try the next one."""
 
 
-class MediaUploader:
+def upload_policy(max_attempts: int = 5) -> RetryPolicy:
+    """How a post that raised is retried: flood waits and a lost connection wait (the whole
+    uploader pauses, the rows are not charged), anything else is an attempt, 30 s doubling."""
+    return RetryPolicy(max_attempts=max_attempts, backoff_base=30.0, backoff_cap=3600.0, jitter=0.0,
+                       deferred=FLOOD_WAITS, outages=(ConnectionError, OSError, asyncio.TimeoutError),
+                       outage_wait=30.0)
+
+
+class MediaUploader(Stoppable):
     """Drains the outbox into the hub through the hub account's client."""
 
     def __init__(self, registry: AccountRegistry, pool: AsyncConnectionPool, settings: Settings,
                  topics: TopicManager, *, batch: int = 10, poll_interval: float = 2.0,
-                 max_attempts: int = 5, reference_refreshes: int = 2, stall_timeout: float = 300.0):
+                 max_attempts: int = 5, reference_refreshes: int = 2, stall_timeout: float = 300.0,
+                 policy: RetryPolicy | None = None):
+        super().__init__()
         self.registry = registry
         self.pool = pool
         self.settings = settings
         self.topics = topics
         self.batch = batch
         self.poll_interval = poll_interval
-        self.max_attempts = max_attempts
+        self.policy = policy or upload_policy(max_attempts)
         self.reference_refreshes = reference_refreshes
         self.stall_timeout = stall_timeout   # an upload without progress this long is abandoned
         # A 'sending' row is taken over after this long (its process died); longer than any
         # flood wait Telethon sleeps through inside one send.
         self.lease_seconds = max(600.0, 2.0 * settings.flood_sleep_threshold + 120.0)
         self.staging = Path(settings.staging_path)
-        self._stopping = asyncio.Event()
-        self._wake = asyncio.Event()
         self.posted = 0
 
-    def wake(self) -> None:
-        self._wake.set()
-
-    def stop(self) -> None:
-        self._stopping.set()
-        self._wake.set()
-
-    async def run(self, stop_event: asyncio.Event | None = None) -> None:
+    async def run(self) -> None:
         """Post due media until stopped."""
         warned = taken_over = False
-        while not stopped(self._stopping, stop_event):
-            self._wake.clear()
+        while not self.stopping:
             try:
                 self.topics.client()
             except HubUnavailable as exc:
                 if not warned:
                     logger.warning("uploads wait: %s", exc)
                     warned = True
-                await sleep_or_stop(max(self.poll_interval, 10.0), self._stopping, stop_event, self._wake)
+                await self.pause(max(self.poll_interval, 10.0))
                 continue
             if not taken_over:   # this process holds the hub session now
                 await self.take_over_sending()
@@ -193,11 +195,11 @@ class MediaUploader:
             account = self.registry.hub_account_id
             wait = await flood_wait_left(self.pool, account) if account is not None else 0.0
             if wait > 0:
-                await sleep_or_stop(wait, self._stopping, stop_event)
+                await self.until_stopped(wait)
                 continue
-            handled = await self.post_due(self.batch, stop_event)
+            handled = await self.post_due(self.batch)
             if handled == 0:
-                await sleep_or_stop(await self._next_due(), self._stopping, stop_event, self._wake)
+                await self.pause(await self._next_due())
 
     async def take_over_sending(self) -> int:
         """Make the posts a dead process left 'sending' due now (see upload_take_over_sending)."""
@@ -214,7 +216,7 @@ class MediaUploader:
         seconds = row[0] if row and row[0] is not None else self.poll_interval
         return min(max(seconds, 0.05), self.poll_interval)
 
-    async def post_due(self, limit: int = 10, stop_event: asyncio.Event | None = None) -> int:
+    async def post_due(self, limit: int = 10) -> int:
         """Post up to `limit` due rows, one after the other; return how many were handled."""
         async with self.pool.connection() as conn:
             cancelled = (await conn.execute(queries.upload_cancel_unpostable)).rowcount
@@ -225,7 +227,7 @@ class MediaUploader:
             rows = await cur.fetchall()
         handled = 0
         for index, row in enumerate(rows):
-            if stopped(self._stopping, stop_event):
+            if self.stopping:
                 await self._hand_back(rows[index:], 0.0, "the daemon stopped before sending it")
                 break
             try:
@@ -244,7 +246,7 @@ class MediaUploader:
                 await self._hand_back(rows[index:], 60.0, f"the hub account is {state}: posts wait for it")
                 break
             except (ConnectionError, OSError, asyncio.TimeoutError) as exc:
-                await self._hand_back(rows[index:], 30.0, f"Telegram unreachable ({exc})")
+                await self._hand_back(rows[index:], self.policy.decide(exc, 0).delay, f"Telegram unreachable ({exc})")
                 break
         return handled
 
@@ -301,19 +303,20 @@ class MediaUploader:
 
     async def _failed_attempt(self, row: dict[str, Any], exc: Exception) -> None:
         error = f"{type(exc).__name__}: {exc}"
+        # row["attempts"] already counts this attempt (the claim added it)
+        decision = self.policy.decide(exc, row["attempts"] - 1)
         context = {"stage": "upload", "upload_id": row["id"], "person_id": row["person_id"],
                    "media_item_id": row["media_item_id"], "attempt": row["attempts"]}
         async with self.pool.connection() as conn:
             await record_error(conn, exc, job_id=None, context=context | {
-                "will_retry": row["attempts"] < self.max_attempts})
-        if row["attempts"] >= self.max_attempts:
+                "will_retry": decision.action in ("retry", "defer")})
+        if decision.action not in ("retry", "defer"):
             await self._give_up(row, "failed", error)
             return
-        delay = min(3600.0, 30.0 * 2 ** (row["attempts"] - 1))
         logger.warning("post of media item %s for person %s failed (attempt %d of %d): %s; again in %.0f s",
-                       row["media_item_id"], row["person_id"], row["attempts"], self.max_attempts, error, delay,
-                       exc_info=not isinstance(exc, errors.RPCError))
-        await self._retry(row, delay, error, counted=True)
+                       row["media_item_id"], row["person_id"], row["attempts"], self.policy.max_attempts, error,
+                       decision.delay, exc_info=not isinstance(exc, errors.RPCError))
+        await self._retry(row, decision.delay, error, counted=decision.counted)
 
     # --- one post -------------------------------------------------------------------------------
 

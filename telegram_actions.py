@@ -23,8 +23,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from psycopg.rows import dict_row
 
-from accounts import record_flood_wait, sleep_or_stop, stopped
+from accounts import record_flood_wait
 from database import queries
+from retry_policy import RetryPolicy
+from stoppable import Stoppable
 from telegram_errors import FLOOD_WAITS, account_state
 
 if TYPE_CHECKING:
@@ -59,31 +61,30 @@ class Handler(Protocol):
         """False if this process lacks what the action needs (e.g. the account's client)."""
 
 
-class ActionApplier:
+def action_policy(max_attempts: int = 5) -> RetryPolicy:
+    """How an action that raised is retried: `ActionFailed` never, a flood wait or a lost
+    connection waits (not an attempt), anything else is an attempt, 20 s doubling."""
+    return RetryPolicy(max_attempts=max_attempts, backoff_base=20.0, backoff_cap=3600.0, jitter=0.0,
+                       permanent=(ActionFailed,), deferred=FLOOD_WAITS,
+                       outages=(ConnectionError, OSError, asyncio.TimeoutError), outage_wait=30.0)
+
+
+class ActionApplier(Stoppable):
     """Applies pending actions of the kinds its handlers know, until stopped."""
 
     def __init__(self, pool: AsyncConnectionPool, handlers: list[Handler], *, poll_interval: float = 2.0,
-                 max_attempts: int = 5):
+                 max_attempts: int = 5, policy: RetryPolicy | None = None):
+        super().__init__()
         self.pool = pool
         self.handlers = {kind: h for h in handlers for kind in h.kinds}
         self.poll_interval = poll_interval
-        self.max_attempts = max_attempts
-        self._stopping = asyncio.Event()
-        self._wake = asyncio.Event()
+        self.policy = policy or action_policy(max_attempts)
         self._waiting_until: dict[int, float] = {}
 
-    def wake(self) -> None:
-        self._wake.set()
-
-    def stop(self) -> None:
-        self._stopping.set()
-        self._wake.set()
-
-    async def run(self, stop_event: asyncio.Event | None = None) -> None:
-        while not stopped(self._stopping, stop_event):
-            self._wake.clear()
+    async def run(self) -> None:
+        while not self.stopping:
             await self.apply_pending()
-            await sleep_or_stop(self.poll_interval, self._stopping, stop_event, self._wake)
+            await self.pause(self.poll_interval)
 
     async def apply_pending(self, limit: int = 50) -> int:
         """Apply the pending actions this process can apply; return how many were settled."""
@@ -127,24 +128,11 @@ class ActionApplier:
         except ActionWait as exc:
             self._waiting_until[action["id"]] = loop.time() + 5.0
             return "pending", str(exc), False
-        except ActionFailed as exc:
-            logger.error("%s cannot be applied: %s", what, exc)
-            return "failed", str(exc), True
-        except FLOOD_WAITS as exc:
-            account = handler.account_for(action)
-            wait = exc.seconds
-            if account is not None:
-                wait = await record_flood_wait(self.pool, account, exc.seconds, what)
-            self._waiting_until[action["id"]] = loop.time() + wait
-            return "pending", f"flood wait of {exc.seconds} s; applied after it", False
-        except (ConnectionError, OSError, asyncio.TimeoutError) as exc:
-            self._waiting_until[action["id"]] = loop.time() + 30.0
-            return "pending", f"Telegram unreachable ({exc}); tried again when it is back", False
         except Exception as exc:
             account, registry = handler.account_for(action), getattr(handler, "registry", None)
             state = account_state(exc)
             if state is None or account is None or registry is None:
-                return self._failed(action, exc, what)
+                return await self._failed(action, exc, what, account)
             await registry.account_problem(account, exc)
             self._waiting_until[action["id"]] = loop.time() + 60.0
             return "pending", f"account {account} is {state}; applied when it can be used again", False
@@ -152,13 +140,29 @@ class ActionApplier:
         logger.info("%s applied: %s", what, note)
         return "done", None, False
 
-    def _failed(self, action: dict[str, Any], exc: Exception, what: str) -> tuple[str, str | None, bool]:
-        """An attempt failed; the row says why, the log has the details."""
+    async def _failed(self, action: dict[str, Any], exc: Exception, what: str,
+                      account: int | None) -> tuple[str, str | None, bool]:
+        """What the retry policy says of `exc`; the row says why, the log has the details."""
+        decision = self.policy.decide(exc, action["attempts"])
+        now = asyncio.get_running_loop().time()
+        if isinstance(exc, ActionFailed):
+            logger.error("%s cannot be applied: %s", what, exc)
+            return "failed", str(exc), True
+        if decision.action == "defer":
+            wait = decision.delay
+            if decision.pause_account:   # a flood wait: the account's other work pauses too
+                seconds = getattr(exc, "seconds", 0)
+                if account is not None:
+                    wait = await record_flood_wait(self.pool, account, seconds, what)
+                self._waiting_until[action["id"]] = now + wait
+                return "pending", f"flood wait of {seconds} s; applied after it", False
+            self._waiting_until[action["id"]] = now + wait
+            return "pending", f"Telegram unreachable ({exc}); tried again when it is back", False
         attempts = action["attempts"] + 1
         error = f"{type(exc).__name__}: {exc}"
-        if attempts >= self.max_attempts:
+        if decision.action != "retry":
             logger.error("%s failed %d times, giving up: %s", what, attempts, error, exc_info=exc)
             return "failed", error, True
-        logger.warning("%s failed (attempt %d of %d): %s", what, attempts, self.max_attempts, error)
-        self._waiting_until[action["id"]] = asyncio.get_running_loop().time() + 10.0 * 2 ** attempts
+        logger.warning("%s failed (attempt %d of %d): %s", what, attempts, self.policy.max_attempts, error)
+        self._waiting_until[action["id"]] = now + decision.delay
         return "pending", error, True

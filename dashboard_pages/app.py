@@ -63,15 +63,20 @@ def _close(db: Database) -> None:
 
 @st.cache_resource(show_spinner="Connecting to the database…", on_release=_close)
 def _database() -> Database:
+    import dashboard_role
+
     prepared = database.prepare(settings())
-    pool = database.sync_pool(prepared.server.conninfo, min_size=1, max_size=4, name="dashboard")
+    # Every page works as the dashboard's least-privilege role (dashboard_role.py), not as the
+    # user that migrated.
+    pool = database.sync_pool(dashboard_role.conninfo(settings(), prepared.server), min_size=1, max_size=4,
+                              name="dashboard")
     try:
         pool.open(wait=True, timeout=30)
     except psycopg.Error as exc:
         pool.close()
         raise database.DatabaseError(f"cannot connect to {prepared.server.location}: {exc}") from exc
-    logger.info("dashboard connected to %s (schema version %d)",
-                prepared.server.location, prepared.schema_version)
+    logger.info("dashboard connected to %s as %s (schema version %d)",
+                prepared.server.location, dashboard_role.ROLE, prepared.schema_version)
     return Database(prepared, pool)
 
 

@@ -160,3 +160,8 @@ with cover:
     corrections.cover(person, faces)
 with hide:
     corrections.hide(person)
+
+# --- erasure (dashboard_pages/erasure_ui.py) ---------------------------------------------------
+from dashboard_pages import erasure_ui  # noqa: E402  (kept with its one call: a self-contained section)
+
+erasure_ui.forget(person)

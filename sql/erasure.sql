@@ -13,10 +13,9 @@ SELECT media_item_id FROM uploaded_media WHERE topic_id = %(person_id)s AND medi
 
 -- name: erasure_delete_faces
 -- The person's faces (embeddings, crops; their rejections by cascade), and the faces waiting for
--- review with the person among their candidates (they may well be its).
-DELETE FROM face_embeddings
-WHERE topic_id = %(person_id)s
-   OR (state = 'review' AND review_candidates @> jsonb_build_array(jsonb_build_object('person_id', %(person_id)s::int)));
+-- review with the person among their candidates (they may well be its): how many, in `erased`.
+-- A function (migrations/0007): the dashboard's role deletes faces this way only.
+SELECT erase_person_faces(%(person_id)s) AS erased;
 
 -- name: erasure_forget_person
 -- What is left of the person is a hidden, nameless record: the topic actions need it, and the

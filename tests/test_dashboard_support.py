@@ -186,7 +186,7 @@ def dashboard_environment(monkeypatch, conninfo: str, tmp_path: Path, **extra: s
     env = {"POSTGRES_HOST": params["host"], "POSTGRES_PORT": str(params.get("port") or 5432),
            "POSTGRES_DB": params["dbname"], "POSTGRES_USER": params.get("user") or "postgres",
            # trust authentication ignores it; the settings require one with POSTGRES_HOST
-           "POSTGRES_PASSWORD": "unused-by-trust-auth",
+           "POSTGRES_PASSWORD": "unused-by-trust-auth", "DASHBOARD_DB_PASSWORD": "unused-by-trust-auth-too",
            "DASHBOARD_PASSWORD": PASSWORD, "FACE_ENGINE": "dlib", "DATA_DIR": str(tmp_path / "data")}
     for name, value in (env | extra).items():
         monkeypatch.setenv(name, value)

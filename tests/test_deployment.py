@@ -262,6 +262,10 @@ def test_passwords_are_required_and_secrets_reach_only_who_needs_them():
     assert "TG_API_HASH" not in environment("dashboard") and "TG_API_HASH" not in environment("worker")
     assert "GITHUB_TOKEN" not in environment("app")
     assert "DASHBOARD_PASSWORD" in environment("dashboard")
+    # The dashboard's own database role: required, and for the dashboard only.
+    assert "${DASHBOARD_DB_PASSWORD:?" in text and "DASHBOARD_DB_PASSWORD" in environment("dashboard")
+    assert "DASHBOARD_DB_PASSWORD" not in environment("app")
+    assert "NOTIFY_WEBHOOK_URL" in environment("app") and "NOTIFY_WEBHOOK_URL" not in environment("dashboard")
 
 
 def test_nothing_but_the_dashboard_is_published_and_that_on_localhost():

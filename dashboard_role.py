@@ -1,0 +1,57 @@
+"""The dashboard's own PostgreSQL role, `face_archiver_dashboard` (migrations/0007_dashboard_role.sql):
+it reads everything and writes only what the dashboard writes, so a mistake in a page (or
+someone at the dashboard) cannot delete faces but by "forget this person", touch the accounts,
+the queue's leases or the schema.
+
+The dashboard prepares the database as the configured user (migrations), then sets the role's
+password from DASHBOARD_DB_PASSWORD (an external server) and does all its work as the role. The
+embedded server trusts its local socket: the role logs in without a password there.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+import config
+from database import DatabaseError, Server
+
+logger = logging.getLogger(__name__)
+
+ROLE = "face_archiver_dashboard"
+
+
+def set_password(conninfo: str, password: str) -> None:
+    """Let the role log in with `password` (as the user that migrated). The password is hashed here,
+    by libpq, as `psql`'s \\password does: only its verifier reaches the server (and any statement log)."""
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        verifier = conn.pgconn.encrypt_password(password.encode(), ROLE.encode()).decode()
+        # ALTER ROLE takes no parameters: the verifier goes in as a quoted literal.
+        conn.execute(sql.SQL("ALTER ROLE {} WITH LOGIN PASSWORD {}").format(sql.Identifier(ROLE), sql.Literal(verifier)))
+
+
+def conninfo(settings: config.Settings, server: Server) -> str:
+    """How the dashboard connects: `server` as the role. With an external server, sets the role's
+    password first; raises DatabaseError when the role cannot be used (no password, no role)."""
+    secret = settings.dashboard_db_password.get_secret_value() if settings.dashboard_db_password else None
+    if secret is None and not server.embedded:
+        raise DatabaseError("DASHBOARD_DB_PASSWORD is not set: the dashboard logs in to PostgreSQL as its "
+                            f"own role, {ROLE}, and needs a password for it (openssl rand -base64 24)")
+    if secret is not None:
+        try:
+            set_password(server.conninfo, secret)
+        except psycopg.errors.UndefinedObject as exc:
+            raise DatabaseError(f"the role {ROLE} does not exist: the user {conninfo_to_dict(server.conninfo).get('user')!r} "
+                                "may not create roles; create it as an administrator (CREATE ROLE "
+                                f"{ROLE} LOGIN) and restart, the migrations grant it the rest") from exc
+        except psycopg.errors.InsufficientPrivilege:
+            logger.warning("cannot set the password of %s (no CREATEROLE): using the one it has", ROLE)
+    params = conninfo_to_dict(server.conninfo)
+    params.update(user=ROLE, application_name="face_archiver_dashboard")
+    params.pop("password", None)
+    if secret is not None:
+        params["password"] = secret
+    return make_conninfo(**params)
