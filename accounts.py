@@ -32,7 +32,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from psycopg.rows import dict_row
 
@@ -44,8 +44,6 @@ if TYPE_CHECKING:
     from config import Settings
 
 logger = logging.getLogger(__name__)
-
-Hold = Literal["all", "hub", "others"]
 
 
 @dataclass(frozen=True)
@@ -211,18 +209,13 @@ class _Held:
 
 
 class AccountRegistry:
-    """The Telegram clients this process holds: one per active account (or the subset `hold`).
-
-    `hold="hub"`: only the account that posts to the hub (the uploader role); `"others"`: every
-    account but that one (the scanner role); `"all"`: every active account.
-    """
+    """The Telegram clients this process holds: one per active account."""
 
     def __init__(self, settings: Settings, pool: AsyncConnectionPool, client_factory: ClientFactory | None = None,
-                 *, hold: Hold = "all", check_interval: float = 5.0, connect_timeout: float = 60.0):
+                 *, check_interval: float = 5.0, connect_timeout: float = 60.0):
         self.settings = settings
         self.pool = pool
         self.factory = client_factory or telethon_client
-        self.hold = hold
         self.check_interval = check_interval
         self.connect_timeout = connect_timeout
         self.hub_account_id: int | None = None
@@ -241,8 +234,6 @@ class AccountRegistry:
         self.hub_account_id = self._pick_hub(rows)
         prepare_sessions_dir(self.settings.sessions_path)
         for row in rows:
-            if not self._wanted(row["id"]):
-                continue
             account = Account(row["id"], row["phone_number"],
                               session_path(self.settings, row["session_file_path"], row["phone_number"]))
             try:
@@ -258,8 +249,7 @@ class AccountRegistry:
                 logger.warning("account %s: cannot connect yet (%s); retrying in the background",
                                account.id, exc)
         if not self._held:
-            logger.warning("no Telegram account is usable in this process (%s); log one in with "
-                           "`python init_account.py`", self.hold)
+            logger.warning("no Telegram account is usable; log one in with `python init_account.py`")
         return self.account_ids()
 
     def _pick_hub(self, rows: list[dict[str, Any]]) -> int | None:
@@ -276,13 +266,6 @@ class AccountRegistry:
                          mask_phone(wanted) if len(wanted) > 6 else wanted)
             return None
         return rows[0]["id"] if rows else None
-
-    def _wanted(self, account_id: int) -> bool:
-        if self.hold == "hub":
-            return account_id == self.hub_account_id
-        if self.hold == "others":
-            return account_id != self.hub_account_id
-        return True
 
     async def _open(self, account: Account) -> None:
         lock = SessionLock(account.session_path)
