@@ -8,9 +8,12 @@
   `init_account.py` takes the same lock, so it refuses (with a clear message) to open a session
   that a running daemon holds.
 - Session files are created with mode 0600 in `SESSIONS_DIR` (mode 0700).
-- A client that lost its connection for good (Telethon gave up reconnecting) is connected again
-  by `run()`; each successful (re)connection bumps the account's `generation`, which makes the
-  scanner sweep the account's chats again (updates missed while offline are found that way).
+- Every reconnection bumps the account's `generation`, which makes the scanner sweep the
+  account's chats again (updates missed while offline are found that way, `catch_up` being off):
+  Telethon's own (its sender reconnects by itself after a dropped connection, with
+  `auto_reconnect`, and then calls its `_auto_reconnect_callback`: `watch_reconnects` hooks
+  there, since the client looks connected all along), and ours (a client whose Telethon gave up
+  reconnecting is connected again by `run()`).
 - Long flood waits pause only the account that got them: `record_flood_wait` writes
   `telegram_accounts.flood_wait_until` (with jitter), which every component checks.
 - An account Telegram logged out, banned or froze (telegram_errors.account_state) is marked in
@@ -276,8 +279,13 @@ class AccountRegistry:
             lock.release()
             raise
         held = _Held(account, client, lock)
+        watch_reconnects(client, lambda: self._reconnected(held, "Telethon reconnected by itself"))
         self._held[account.id] = held
         await self._connect(held)
+
+    def _reconnected(self, held: _Held, how: str) -> None:
+        held.generation += 1
+        logger.info("account %s: %s; its chats are swept again for anything missed", held.account.id, how)
 
     async def _connect(self, held: _Held) -> None:
         from telethon import errors
@@ -390,9 +398,7 @@ class AccountRegistry:
                     await self._note_problem(held.account.id, str(exc), status=exc.state or "error")
                     self._dropped[held.account.id] = held.account
                     continue
-                held.generation += 1
-                logger.info("account %s reconnected; its chats are swept again for anything missed",
-                            held.account.id)
+                self._reconnected(held, "reconnected")
             await self._reopen_logged_in_again()
             await sleep_or_stop(self.check_interval, self._stopping, stop_event)
 
@@ -449,6 +455,29 @@ class AccountRegistry:
         """'active' or 'frozen' for a held account, else None."""
         held = self._held.get(account_id)
         return held.state if held else None
+
+
+def watch_reconnects(client: Any, on_reconnect: Callable[[], None]) -> bool:
+    """Call `on_reconnect()` whenever Telethon's sender reconnects by itself.
+
+    Telethon (1.x) reconnects a dropped connection inside its `MTProtoSender` without the client
+    ever looking disconnected, then runs the sender's `_auto_reconnect_callback` (the client's
+    `_handle_auto_reconnect`, which does no catch-up). There is no public hook, so the callback
+    is wrapped; False (and a warning) if this Telethon has no such attribute."""
+    sender = getattr(client, "_sender", None)
+    if sender is None or not hasattr(sender, "_auto_reconnect_callback"):
+        logger.warning("this Telethon has no reconnect callback: sweeps after its own reconnects "
+                       "wait for the next sweep interval")
+        return False
+    original = sender._auto_reconnect_callback
+
+    async def reconnected() -> None:
+        on_reconnect()
+        if original is not None:
+            await original()
+
+    sender._auto_reconnect_callback = reconnected
+    return True
 
 
 async def _disconnect(client) -> None:

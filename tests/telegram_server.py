@@ -39,6 +39,8 @@ Faults: `server.fail("SendMediaRequest", "FLOOD_WAIT_30")`, `"FLOOD_PREMIUM_WAIT
 `"ConnectionError"` (the connection broke: the caller gets `ConnectionError`), `"hang"` (no
 answer, ever), `"expire_reference"` (every file reference expires just before the request). `accept=True`: the server applies the request, then the answer is lost (the
 error is what the caller sees) — a post or a topic Telegram has but the client never heard of.
+`drop_connection(phone)`, then `restore_connection(phone)`: the network drops the account's
+connection and Telethon reconnects by itself; updates sent meanwhile are lost, as they are.
 
     server = TelegramServer()
     server.add_account("+15550001")
@@ -94,6 +96,7 @@ class TelegramServer(Requests):
         self.calls: list[tuple[str, str, float]] = []   # (phone, request class name, clock()), in order
         self.downloads: dict[str, int] = {}       # media key -> complete downloads
         self.senders: dict[str, set[FakeSender]] = {}
+        self.dropped: dict[str, set[FakeSender]] = {}   # drop_connection: reconnecting
         self._seq = itertools.count(1000)
         self._lock = asyncio.Lock()
 
@@ -219,6 +222,20 @@ class TelegramServer(Requests):
         """A frozen account can read but not write (FROZEN_METHOD_INVALID)."""
         self.accounts[phone].status = "frozen"
 
+    def drop_connection(self, phone: str) -> None:
+        """The network drops `phone`'s connections, and Telethon's sender reconnects by itself (as
+        its `_reconnect` does with `auto_reconnect`): the client keeps looking connected, its
+        requests wait, and updates sent meanwhile never reach it, until `restore_connection`."""
+        for sender in list(self.senders.get(phone, ())):
+            if isinstance(sender, FakeSender):
+                sender.drop()
+
+    def restore_connection(self, phone: str) -> None:
+        """The reconnection succeeds: waiting requests go on, and the sender calls its
+        `_auto_reconnect_callback` (Telethon's `_handle_auto_reconnect`, no catch-up)."""
+        for sender in list(self.dropped.pop(phone, ())):
+            sender.restore()
+
     def fail(self, request: str, error: str, *, phone: str | None = None, times: int | None = 1,
              accept: bool = False) -> None:
         """The next `times` (None: all) `request`s (a class name, e.g. "GetFileRequest") of
@@ -274,7 +291,8 @@ class TelegramServer(Requests):
         client = TelegramClient(str(session_path), options.pop("api_id", API_ID), options.pop("api_hash", API_HASH),
                                 **options)
         old = client._sender
-        client._sender = FakeSender(self, old.auth_key, loggers=client._log, updates_queue=client._updates_queue)
+        client._sender = FakeSender(self, old.auth_key, loggers=client._log, updates_queue=client._updates_queue,
+                                    auto_reconnect_callback=old._auto_reconnect_callback)
         return client
 
     def factory(self, **overrides: Any):
@@ -489,11 +507,30 @@ class FakeSender(MTProtoSender):
     loop does (read with `request.read_result`, own updates into the update queue, errors
     through `rpc_message_to_error`)."""
 
-    def __init__(self, server: TelegramServer, auth_key: Any, *, loggers: Any, updates_queue: asyncio.Queue):
-        super().__init__(auth_key, loggers=loggers, updates_queue=updates_queue)
+    def __init__(self, server: TelegramServer, auth_key: Any, *, loggers: Any, updates_queue: asyncio.Queue,
+                 auto_reconnect_callback: Any = None):
+        super().__init__(auth_key, loggers=loggers, updates_queue=updates_queue,
+                         auto_reconnect_callback=auto_reconnect_callback)
         self.server = server
         self._pending: set[asyncio.Task] = set()
         self._done: asyncio.Future | None = None
+        self._link = asyncio.Event()   # cleared while the connection is dropped (reconnecting)
+        self._link.set()
+
+    def drop(self) -> None:
+        phone = self.phone
+        self._link.clear()
+        for senders in self.server.senders.values():
+            senders.discard(self)
+        self.server.dropped.setdefault(phone, set()).add(self)
+
+    def restore(self) -> None:
+        if not self._user_connected:
+            return
+        self.server.senders.setdefault(self.phone, set()).add(self)
+        self._link.set()
+        if self._auto_reconnect_callback:
+            asyncio.get_running_loop().create_task(self._auto_reconnect_callback())
 
     @property
     def phone(self) -> str | None:
@@ -525,7 +562,7 @@ class FakeSender(MTProtoSender):
         if not self._user_connected:
             return
         self._user_connected = False
-        for senders in self.server.senders.values():
+        for senders in (*self.server.senders.values(), *self.server.dropped.values()):
             senders.discard(self)
         for task in list(self._pending):
             task.cancel()
@@ -553,6 +590,7 @@ class FakeSender(MTProtoSender):
 
     async def _answer(self, request: Any, data: bytes) -> Any:
         await asyncio.sleep(0)      # an answer is never synchronous
+        await self._link.wait()     # a dropped connection: sent again once reconnected
         received = BinaryReader(data).tgread_object()
         try:
             result = await self.server.handle(self.phone, received)
