@@ -103,6 +103,8 @@ class TelegramService:
                                       poll_interval=tuning.sweep_poll)
         self.realtime = RealtimeScanner(self.registry, pool, settings, refresh_interval=tuning.watched_refresh)
         self.realtime.attach()
+        self.realtime.on_migration = self.scanner.request_sweep
+        self.scanner.on_migration = self.realtime.request_refresh
         self.downloader = MediaDownloadManager(self.registry, pool, settings)
         self.chats = ChatManager(self.registry, pool, settings, on_change=self._chat_changed)
         self.topics = TopicManager(self.registry, pool, settings, pacer=self.pacer)

@@ -27,6 +27,8 @@ The world is Telegram's:
 - forum topics (the id of the `MessageActionTopicCreate` service message), `reply_to` into them,
   TOPIC_DELETED after `delete_topic()`;
 - random_id memory per peer: a second message with a used random_id is RANDOM_ID_DUPLICATE;
+- group migration (`migrate(group)`): a basic group becomes a new supergroup, the old one ending
+  with `MessageActionChatMigrateTo`, the new one starting with `MessageActionChannelMigrateFrom`;
 - protected chats (noforwards): re-sending their media by reference is CHAT_FORWARDS_RESTRICTED;
 - updates: a new message is pushed to every connected member account as Telegram does
   (`UpdateNewChannelMessage` with the channel's pts; `UpdateNewMessage` with the account's pts),
@@ -175,8 +177,29 @@ class TelegramServer(Requests):
             chat = self.accounts[owner].private[chat_id]
             return self._append(chat, {owner}, fields, deliver)[owner]
         chat = self.chats[chat_id]
+        if chat.migrated_to is not None:
+            raise ValueError(f"chat {chat_id} migrated to {chat.migrated_to}: post there")
         ids = self._append(chat, chat.members, fields, deliver)
         return ids if chat.per_account else next(iter(ids.values()))
+
+    def migrate(self, group_id: int, *, deliver: bool = True) -> int:
+        """A basic group becomes a supergroup (an admin turned on a supergroup-only feature): a
+        new channel with the same members, starting with `MessageActionChannelMigrateFrom`; the
+        old group ends with `MessageActionChatMigrateTo` (one per member, in each one's ids),
+        is `deactivated` with `migrated_to`, and keeps its history. Returns the new marked id."""
+        group = self.chats[group_id]
+        if group.kind != "group" or group.migrated_to is not None:
+            raise ValueError(f"chat {group_id} is not a basic group that can migrate")
+        new_id = self.add_chat(group.title, kind="supergroup", members=sorted(group.members),
+                               admins=sorted(group.admins))
+        new = self.chats[new_id]
+        new.migrated_from = group_id
+        self._append(group, group.members, dict(date=_now(), action=types.MessageActionChatMigrateTo(new.raw_id)),
+                     deliver)
+        group.migrated_to = new_id
+        self._append(new, new.members, dict(date=_now(), action=types.MessageActionChannelMigrateFrom(
+            group.title, group.raw_id)), deliver)
+        return new_id
 
     def history(self, chat_id: int, items: list[tuple[str | None, str]], *, owner: str | None = None) -> Any:
         """Many old messages at once (no updates): [(media key or None, text), …]."""
@@ -402,7 +425,10 @@ class TelegramServer(Requests):
         return [self._user(phone, i) for i in sorted(ids)]
 
     def _chats(self, phone: str, chat: Chat | None) -> list:
-        return [] if chat is None or chat.kind == "user" else [self._chat_object(phone, chat)]
+        if chat is None or chat.kind == "user":
+            return []
+        related = [chat.migrated_to] if chat.migrated_to is not None else []
+        return [self._chat_object(phone, chat)] + [self._chat_object(phone, self.chats[c]) for c in related]
 
     def _media_object(self, phone: str, key: str | None):
         if key is None:

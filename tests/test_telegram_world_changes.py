@@ -84,3 +84,42 @@ async def test_a_sweep_follows_telethons_own_reconnect(h, pool):
 
 async def len_is(pool, chat_id: int, n: int) -> bool:
     return len(await jobs(pool, chat_id)) == n
+
+
+async def test_a_basic_group_that_becomes_a_supergroup_is_followed_there(h, pool):
+    """Two accounts watch a basic group (per-account message ids); it migrates while watched.
+    Each account reads the old group to its end (MessageActionChatMigrateTo), then its record
+    moves to the new supergroup, whose history is read from its first message: nothing of the
+    old part lost or doubled, the messages sent right after the migration found, and new ones
+    followed live."""
+    a, b = await h.add_account(A), await h.add_account(B)
+    group = h.server.add_chat("Family", kind="group", members=[A, B])
+    keys = [h.server.photo(FACES / name) for name in PHOTOS[:5]]
+    h.server.history(group, [(keys[0], "old"), (None, "text"), (keys[1], "old")])
+    await h.watch(a, group)
+    await h.watch(b, group)
+    service = await h.service(sweep_interval=3600)
+    stop = await run_components(service)
+    try:
+        await eventually(lambda: len_is(pool, group, 4), what="both accounts' backfill")
+        live = h.server.post(group, keys[2])                   # {phone: its id for that account}
+        await eventually(lambda: len_is(pool, group, 6), what="the live message, once per account")
+        supergroup = h.server.migrate(group)
+        right_after = h.server.post(supergroup, keys[3])        # before anyone follows it
+        moved = lambda: checkpoints(pool)  # noqa: E731
+        await eventually(lambda: _all_moved(moved, supergroup), what="the records moving to the supergroup")
+        await eventually(lambda: len_is(pool, supergroup, 1), what="the supergroup's backfill")
+        later = h.server.post(supergroup, keys[4])
+        await eventually(lambda: len_is(pool, supergroup, 2), what="a live message in the supergroup")
+        assert await jobs(pool, supergroup) == [(right_after, keys[3]), (later, keys[4])]
+        old = await jobs(pool, group)
+        assert sorted(k for _, k in old) == sorted([keys[0], keys[1], keys[2]] * 2)
+        assert {m for m, k in old if k == keys[2]} == set(live.values())
+    finally:
+        await stop()
+
+
+async def _all_moved(read, supergroup: int) -> bool:
+    rows = await read()
+    return len(rows) == 2 and all(r["chat_id"] == supergroup and r["chat_type"] == "supergroup"
+                                  and r["state"] == "active" and r["scan_mode"] == "realtime" for r in rows)
