@@ -449,6 +449,8 @@ class AccountRegistry:
             except (OSError, asyncio.TimeoutError) as exc:   # held; run() connects it later
                 logger.warning("account %s is logged in again but offline (%s)", account_id, exc)
                 continue
+            async with self.pool.connection() as conn:
+                await conn.execute(queries.tg_wake_account_jobs, {"account_id": account_id})
             logger.info("account %s is logged in again; its work goes on", account_id)
 
     def state(self, account_id: int) -> str | None:

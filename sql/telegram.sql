@@ -145,6 +145,12 @@ SET scan_mode = 'realtime', last_sweep_at = now(), deferred_until = NULL, last_e
     total_messages = processed_messages, last_updated = now()
 WHERE id = %(checkpoint_id)s;
 
+-- name: tg_wake_account_jobs
+-- Account %(account_id)s can be used again (logged in again): its jobs that wait for it (a
+-- download deferred while it was logged out) are due now, not after their deferral.
+UPDATE media_jobs SET run_after = now(), updated_at = now()
+WHERE account_id = %(account_id)s AND status IN ('queued', 'staged') AND run_after > now();
+
 -- name: tg_move_migrated_chat
 -- Watched chat %(checkpoint_id)s, a basic group read to its end, became the supergroup
 -- %(new_chat_id)s: the record moves there and the new chat's history is read from its start

@@ -39,7 +39,9 @@ The world is Telegram's:
 Faults: `server.fail("SendMediaRequest", "FLOOD_WAIT_30")`, `"FLOOD_PREMIUM_WAIT_900"`,
 `"RANDOM_ID_DUPLICATE"`, … (any Telegram error message; the code comes from Telethon's table),
 `"ConnectionError"` (the connection broke: the caller gets `ConnectionError`), `"hang"` (no
-answer, ever), `"expire_reference"` (every file reference expires just before the request). `accept=True`: the server applies the request, then the answer is lost (the
+answer, ever), `"expire_reference"` (every file reference expires just before the request),
+`"revoke"` (the account is logged out just before it: `fail("GetHistoryRequest", "revoke",
+phone=p, after=1)` logs it out in the middle of a backfill). `accept=True`: the server applies the request, then the answer is lost (the
 error is what the caller sees) — a post or a topic Telegram has but the client never heard of.
 `drop_connection(phone)`, then `restore_connection(phone)`: the network drops the account's
 connection and Telethon reconnects by itself; updates sent meanwhile are lost, as they are.
@@ -260,10 +262,11 @@ class TelegramServer(Requests):
             sender.restore()
 
     def fail(self, request: str, error: str, *, phone: str | None = None, times: int | None = 1,
-             accept: bool = False) -> None:
+             accept: bool = False, after: int = 0) -> None:
         """The next `times` (None: all) `request`s (a class name, e.g. "GetFileRequest") of
-        `phone` (None: any account) fail with `error`; see the module doc."""
-        self.faults.append(Fault(request, error, phone, times, accept))
+        `phone` (None: any account), once `after` of them went through, fail with `error`; see
+        the module doc."""
+        self.faults.append(Fault(request, error, phone, times, accept, after))
 
     # --- reading what happened ------------------------------------------------------------------
 
@@ -466,6 +469,9 @@ class TelegramServer(Requests):
     def _fault(self, phone: str, name: str) -> Fault | None:
         for fault in self.faults:
             if fault.request == name and fault.phone in (None, phone):
+                if fault.after > 0:
+                    fault.after -= 1
+                    continue
                 if fault.times is not None:
                     fault.times -= 1
                     if fault.times <= 0:
@@ -497,6 +503,9 @@ class TelegramServer(Requests):
         if account.status == "frozen" and name in _WRITES:
             raise RpcFailure(420, "FROZEN_METHOD_INVALID")
         fault = self._fault(phone, name)
+        if fault is not None and fault.error == "revoke":   # logged out from another device, now
+            self.revoke(phone)
+            raise RpcFailure(401, "AUTH_KEY_UNREGISTERED")
         if fault is not None and fault.error == "expire_reference":
             self.expire_references()   # file references expire just before this request
             fault = None

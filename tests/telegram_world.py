@@ -138,6 +138,7 @@ class Fault:
     phone: str | None = None
     times: int | None = 1
     accept: bool = False
+    after: int = 0                     # let this many matching requests through first
 
 
 # --- errors -------------------------------------------------------------------------------------
