@@ -382,10 +382,12 @@ class AccountRegistry:
 
         while not stopped(self._stopping, stop_event):
             for held in list(self._held.values()):
-                if held.client.is_connected() or await flood_wait_left(self.pool, held.account.id) > 0:
+                # Connected but never told who it is (its get_me at start broke off): check it now.
+                checked = held.user_id is not None
+                if (held.client.is_connected() and checked) or await flood_wait_left(self.pool, held.account.id) > 0:
                     continue
                 try:
-                    if held.user_id is None:  # never connected since start: check the login too
+                    if not checked:  # never connected since start: check the login too
                         await self._connect(held)
                     else:
                         await asyncio.wait_for(held.client.connect(), self.connect_timeout)
