@@ -148,7 +148,7 @@ class MediaUploader:
     """Drains the outbox into the hub through the hub account's client."""
 
     def __init__(self, registry: AccountRegistry, pool: AsyncConnectionPool, settings: Settings,
-                 topics: TopicManager, *, batch: int = 10, poll_interval: float = 2.0,
+                 topics: TopicManager, *, batch: int = 10, poll_interval: float = 2.0, offline_retry: float = 30.0,
                  max_attempts: int = 5, reference_refreshes: int = 2, stall_timeout: float = 300.0):
         self.registry = registry
         self.pool = pool
@@ -156,6 +156,7 @@ class MediaUploader:
         self.topics = topics
         self.batch = batch
         self.poll_interval = poll_interval
+        self.offline_retry = offline_retry   # a post whose request broke the connection waits this long
         self.max_attempts = max_attempts
         self.reference_refreshes = reference_refreshes
         self.stall_timeout = stall_timeout   # an upload without progress this long is abandoned
@@ -244,7 +245,7 @@ class MediaUploader:
                 await self._hand_back(rows[index:], 60.0, f"the hub account is {state}: posts wait for it")
                 break
             except (ConnectionError, OSError, asyncio.TimeoutError) as exc:
-                await self._hand_back(rows[index:], 30.0, f"Telegram unreachable ({exc})")
+                await self._hand_back(rows[index:], self.offline_retry, f"Telegram unreachable ({exc})")
                 break
         return handled
 

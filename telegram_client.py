@@ -65,6 +65,7 @@ class TelegramTuning:
     account_check: float = 5.0              # how often lost connections are retried
     actions_poll: float = 2.0
     uploads_poll: float = 2.0
+    offline_retry: float = 30.0             # a post cut off by a broken connection is tried again after
 
 
 class TelegramService:
@@ -108,7 +109,8 @@ class TelegramService:
         self.downloader = MediaDownloadManager(self.registry, pool, settings)
         self.chats = ChatManager(self.registry, pool, settings, on_change=self._chat_changed)
         self.topics = TopicManager(self.registry, pool, settings, pacer=self.pacer)
-        self.uploader = MediaUploader(self.registry, pool, settings, self.topics, poll_interval=tuning.uploads_poll)
+        self.uploader = MediaUploader(self.registry, pool, settings, self.topics, poll_interval=tuning.uploads_poll,
+                                      offline_retry=tuning.offline_retry)
         self.actions = ActionApplier(pool, [self.chats, self.topics], poll_interval=tuning.actions_poll)
         if settings.hub_group_id is None:
             logger.warning("HUB_GROUP_ID is not set: persons are found, but nothing is posted until it is")
