@@ -6,13 +6,18 @@
   committed message and nothing is missed or inserted twice. The first sweep is the backfill
   (progress in processed_messages / total_messages); once a sweep reaches the newest message the
   chat is `realtime`, and it is swept again every SWEEP_INTERVAL_SECONDS and whenever its
-  account's client reconnects. Chats of one account are swept one at a time, a turn of at most
+  account's client reconnects (Telethon's own reconnects included, accounts.watch_reconnects). Chats of one account are swept one at a time, a turn of at most
   `turn_messages` each, round robin, so one huge backfill does not starve the other chats.
 - `RealtimeScanner`: `events.NewMessage` without a `chats=` filter (that list is resolved once);
   the handler checks a watched set that is reloaded while running, so a chat added later is
   followed without a restart, and the hub is never watched. It only inserts jobs: a message
   seen here and again by a sweep is one job (unique (chat, message)); a message it never sees
   is found by the next sweep.
+- A watched basic group that becomes a supergroup ends with `MessageActionChatMigrateTo`: its
+  sweep reads it to that message, then the record moves to the new chat (chat id, type, cursor
+  0: the supergroup's own history is read from its start); the old part's jobs keep the old
+  chat's id. The live handler sees the migration too (a raw update: NewMessage skips service
+  messages) and asks for that sweep at once.
 - Media: photos, documents whose mime type is an image, videos, round video notes and GIF
   animations. The job's media key is 'photo:<id>' / 'document:<id>' (forwards keep the id, so
   the same media in many chats is downloaded and analysed once). Media larger than
