@@ -170,10 +170,10 @@ def test_a_logged_out_account_waits_and_a_flood_storm_pauses_only_its_account(wo
         w.watch(phone, chat)
     for kind in ("GetHistoryRequest", "GetFileRequest"):
         w.call(w.server.fail, kind, "FLOOD_WAIT_3", phone=B, times=3)
-    # C is logged out (from another device) when its backfill asks for the second page; the
-    # first page's photo, told to wait a moment, then finds C logged out.
-    w.call(w.server.fail, "GetHistoryRequest", "revoke", phone=C, after=1)
-    w.call(w.server.fail, "GetFileRequest", "FLOOD_WAIT_2", phone=C)
+    # C's backfill reads its first page and is told to wait before the second; the download of
+    # the first page's photo then finds C logged out (from another device).
+    w.call(w.server.fail, "GetHistoryRequest", "FLOOD_WAIT_4", phone=C, after=1)
+    w.call(w.server.fail, "GetFileRequest", "revoke", phone=C)
 
     d = daemon(w, tmp_path, db)
     daemons.append(d.start())
@@ -194,7 +194,8 @@ def test_a_logged_out_account_waits_and_a_flood_storm_pauses_only_its_account(wo
     # C is logged in again (init_account.py): its backfill goes on from where it stopped.
     w.call(lambda: setattr(w.server.accounts[C], "status", "ok"))
     w.sql("UPDATE telegram_accounts SET status = 'active', last_error = NULL WHERE id = %s", c)
-    wait_until(lambda: w.settled(8), daemons=[d], timeout=90)
+    # Its waiting job is due at once (not after its deferral of a minute or more).
+    wait_until(lambda: w.settled(8), daemons=[d], timeout=40)
     time.sleep(1.0)
     assert_posted_exactly_once(w, {OBAMA[0]: {*OBAMA, BOTH}, BIDEN[0]: {*BIDEN, BOTH}})
     assert w.statuses() == {"done": 8}
