@@ -8,9 +8,12 @@
   `init_account.py` takes the same lock, so it refuses (with a clear message) to open a session
   that a running daemon holds.
 - Session files are created with mode 0600 in `SESSIONS_DIR` (mode 0700).
-- A client that lost its connection for good (Telethon gave up reconnecting) is connected again
-  by `run()`; each successful (re)connection bumps the account's `generation`, which makes the
-  scanner sweep the account's chats again (updates missed while offline are found that way).
+- Every reconnection bumps the account's `generation`, which makes the scanner sweep the
+  account's chats again (updates missed while offline are found that way, `catch_up` being off):
+  Telethon's own (its sender reconnects by itself after a dropped connection, with
+  `auto_reconnect`, and then calls its `_auto_reconnect_callback`: `watch_reconnects` hooks
+  there, since the client looks connected all along), and ours (a client whose Telethon gave up
+  reconnecting is connected again by `run()`).
 - Long flood waits pause only the account that got them: `record_flood_wait` writes
   `telegram_accounts.flood_wait_until` (with jitter), which every component checks.
 - An account Telegram logged out, banned or froze (telegram_errors.account_state) is marked in
@@ -32,7 +35,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from psycopg.rows import dict_row
 
@@ -44,8 +47,6 @@ if TYPE_CHECKING:
     from config import Settings
 
 logger = logging.getLogger(__name__)
-
-Hold = Literal["all", "hub", "others"]
 
 
 @dataclass(frozen=True)
@@ -211,18 +212,13 @@ class _Held:
 
 
 class AccountRegistry:
-    """The Telegram clients this process holds: one per active account (or the subset `hold`).
-
-    `hold="hub"`: only the account that posts to the hub (the uploader role); `"others"`: every
-    account but that one (the scanner role); `"all"`: every active account.
-    """
+    """The Telegram clients this process holds: one per active account."""
 
     def __init__(self, settings: Settings, pool: AsyncConnectionPool, client_factory: ClientFactory | None = None,
-                 *, hold: Hold = "all", check_interval: float = 5.0, connect_timeout: float = 60.0):
+                 *, check_interval: float = 5.0, connect_timeout: float = 60.0):
         self.settings = settings
         self.pool = pool
         self.factory = client_factory or telethon_client
-        self.hold = hold
         self.check_interval = check_interval
         self.connect_timeout = connect_timeout
         self.hub_account_id: int | None = None
@@ -241,8 +237,6 @@ class AccountRegistry:
         self.hub_account_id = self._pick_hub(rows)
         prepare_sessions_dir(self.settings.sessions_path)
         for row in rows:
-            if not self._wanted(row["id"]):
-                continue
             account = Account(row["id"], row["phone_number"],
                               session_path(self.settings, row["session_file_path"], row["phone_number"]))
             try:
@@ -258,8 +252,7 @@ class AccountRegistry:
                 logger.warning("account %s: cannot connect yet (%s); retrying in the background",
                                account.id, exc)
         if not self._held:
-            logger.warning("no Telegram account is usable in this process (%s); log one in with "
-                           "`python init_account.py`", self.hold)
+            logger.warning("no Telegram account is usable; log one in with `python init_account.py`")
         return self.account_ids()
 
     def _pick_hub(self, rows: list[dict[str, Any]]) -> int | None:
@@ -277,13 +270,6 @@ class AccountRegistry:
             return None
         return rows[0]["id"] if rows else None
 
-    def _wanted(self, account_id: int) -> bool:
-        if self.hold == "hub":
-            return account_id == self.hub_account_id
-        if self.hold == "others":
-            return account_id != self.hub_account_id
-        return True
-
     async def _open(self, account: Account) -> None:
         lock = SessionLock(account.session_path)
         lock.acquire()
@@ -293,8 +279,13 @@ class AccountRegistry:
             lock.release()
             raise
         held = _Held(account, client, lock)
+        watch_reconnects(client, lambda: self._reconnected(held, "Telethon reconnected by itself"))
         self._held[account.id] = held
         await self._connect(held)
+
+    def _reconnected(self, held: _Held, how: str) -> None:
+        held.generation += 1
+        logger.info("account %s: %s; its chats are swept again for anything missed", held.account.id, how)
 
     async def _connect(self, held: _Held) -> None:
         from telethon import errors
@@ -393,10 +384,12 @@ class AccountRegistry:
 
         while not stopped(self._stopping, stop_event):
             for held in list(self._held.values()):
-                if held.client.is_connected() or await flood_wait_left(self.pool, held.account.id) > 0:
+                # Connected but never told who it is (its get_me at start broke off): check it now.
+                checked = held.user_id is not None
+                if (held.client.is_connected() and checked) or await flood_wait_left(self.pool, held.account.id) > 0:
                     continue
                 try:
-                    if held.user_id is None:  # never connected since start: check the login too
+                    if not checked:  # never connected since start: check the login too
                         await self._connect(held)
                     else:
                         await asyncio.wait_for(held.client.connect(), self.connect_timeout)
@@ -412,9 +405,7 @@ class AccountRegistry:
                     await self._note_problem(held.account.id, str(exc), status=exc.state or "error")
                     self._dropped[held.account.id] = held.account
                     continue
-                held.generation += 1
-                logger.info("account %s reconnected; its chats are swept again for anything missed",
-                            held.account.id)
+                self._reconnected(held, "reconnected")
             await self._reopen_logged_in_again()
             await sleep_or_stop(self.check_interval, self._stopping, stop_event)
 
@@ -465,12 +456,37 @@ class AccountRegistry:
             except (OSError, asyncio.TimeoutError) as exc:   # held; run() connects it later
                 logger.warning("account %s is logged in again but offline (%s)", account_id, exc)
                 continue
+            async with self.pool.connection() as conn:
+                await conn.execute(queries.tg_wake_account_jobs, {"account_id": account_id})
             logger.info("account %s is logged in again; its work goes on", account_id)
 
     def state(self, account_id: int) -> str | None:
         """'active' or 'frozen' for a held account, else None."""
         held = self._held.get(account_id)
         return held.state if held else None
+
+
+def watch_reconnects(client: Any, on_reconnect: Callable[[], None]) -> bool:
+    """Call `on_reconnect()` whenever Telethon's sender reconnects by itself.
+
+    Telethon (1.x) reconnects a dropped connection inside its `MTProtoSender` without the client
+    ever looking disconnected, then runs the sender's `_auto_reconnect_callback` (the client's
+    `_handle_auto_reconnect`, which does no catch-up). There is no public hook, so the callback
+    is wrapped; False (and a warning) if this Telethon has no such attribute."""
+    sender = getattr(client, "_sender", None)
+    if sender is None or not hasattr(sender, "_auto_reconnect_callback"):
+        logger.warning("this Telethon has no reconnect callback: sweeps after its own reconnects "
+                       "wait for the next sweep interval")
+        return False
+    original = sender._auto_reconnect_callback
+
+    async def reconnected() -> None:
+        on_reconnect()
+        if original is not None:
+            await original()
+
+    sender._auto_reconnect_callback = reconnected
+    return True
 
 
 async def _disconnect(client) -> None:

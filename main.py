@@ -1,6 +1,6 @@
 """Face Archiver: the command line and the daemon's composition root.
 
-    .venv/bin/python main.py [run] [--role all|scanner|worker|uploader]   the daemon (default)
+    .venv/bin/python main.py [run] [--role all|worker]     the daemon (default)
     .venv/bin/python main.py check                        validate settings, database, face weights
     .venv/bin/python main.py import EXPORT_DIR            analyse a Telegram Desktop export
     .venv/bin/python main.py reindex --engine ENGINE      re-analyse everything with another engine
@@ -15,14 +15,15 @@
 
 Roles: what one process of the daemon does. Roles share one database, so they can run as
 separate processes, on separate machines:
-- `all` (default): everything in one process. This is what a single machine runs.
+- `all` (default): everything in one process: the Telegram accounts' clients (history sweeps,
+  new messages, downloads, topics, posts, the dashboard's requests), face analysis, matching.
+  Exactly one process runs it.
 - `worker`: face analysis of downloaded media only; no Telegram account needed. Run any number
-  of these (they need the staging area, STAGING_DIR, that the scanner downloads into).
-- `scanner`: the Telegram accounts' clients: history sweeps, new messages, downloads, and the
-  dashboard's requests that need a client (new chats).
-- `uploader`: the hub account's client: topics, posts, renames and merges on Telegram.
-A session file can be open in one process only: run `scanner` and `uploader` separately only if
-the hub account scans nothing.
+  of these (they need the staging area, STAGING_DIR, that the `all` process downloads into).
+The Telegram side is not split further: a session file can be open in one process only, and a
+post re-sends the photo by reference with the very account that saw it (access hashes and file
+references are per account; the staged file is gone once it is analysed), so reading and posting
+need the same clients.
 
 First run: `check` says what is missing (settings, the face engine's weights, Telegram's API
 id); `run` in a terminal then asks for the phone number, the login code and the two-step
@@ -59,7 +60,7 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_CONFIG = 2
 
-ROLES = ("all", "scanner", "worker", "uploader")
+ROLES = ("all", "worker")
 
 
 # --------------------------------------------------------------------------------------------
@@ -182,7 +183,7 @@ async def build_components(settings: config.Settings, role: str, pool, conninfo:
     tuning = hooks.tuning
     components: list[Component] = []
     analyser = matcher = None
-    if role in ("all", "scanner", "uploader"):
+    if role == "all":
         await ensure_an_account(settings, pool, conninfo, hooks, shutdown)
     if role in ("all", "worker"):
         from face_engines import ModelUnavailableError
@@ -192,7 +193,7 @@ async def build_components(settings: config.Settings, role: str, pool, conninfo:
             raise StartupError(f"face engine: {exc}") from exc
         cleanup.append(analyser.close)
     telegram = None
-    if role in ("all", "scanner", "uploader"):
+    if role == "all":
         telegram = await start_telegram(settings, role, pool, hooks)
         cleanup.append(telegram.close)
         components.extend(Component(name, run, stop) for name, run, stop in telegram.components())
@@ -403,9 +404,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command")
     run = sub.add_parser("run", help="run the daemon (the default command)")
     run.add_argument("--role", choices=ROLES, default="all",
-                     help="which part of the daemon this process runs: all (default: everything), "
-                          "worker (face analysis only, no Telegram), scanner (reading chats and "
-                          "downloading), uploader (posting into the hub); see main.py --help")
+                     help="which part of the daemon this process runs: all (default: everything, "
+                          "in one process only), worker (face analysis only, no Telegram; any "
+                          "number of them); see main.py --help")
     sub.add_parser("check", help="validate settings, reach and migrate the database, look for the face "
                                  "engine's weights; every problem at once")
     imp = sub.add_parser("import", help="analyse the photos and videos of a Telegram Desktop export")

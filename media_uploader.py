@@ -146,12 +146,12 @@ class _Skip(Exception):
     """This source cannot be used for the post; try the next one."""
 
 
-def upload_policy(max_attempts: int = 5) -> RetryPolicy:
+def upload_policy(max_attempts: int = 5, outage_wait: float = 30.0) -> RetryPolicy:
     """How a post that raised is retried: flood waits and a lost connection wait (the whole
     uploader pauses, the rows are not charged), anything else is an attempt, 30 s doubling."""
     return RetryPolicy(max_attempts=max_attempts, backoff_base=30.0, backoff_cap=3600.0, jitter=0.0,
                        deferred=FLOOD_WAITS, outages=(ConnectionError, OSError, asyncio.TimeoutError),
-                       outage_wait=30.0)
+                       outage_wait=outage_wait)
 
 
 class MediaUploader(Stoppable):
@@ -159,8 +159,8 @@ class MediaUploader(Stoppable):
 
     def __init__(self, registry: AccountRegistry, pool: AsyncConnectionPool, settings: Settings,
                  topics: TopicManager, *, batch: int = 10, poll_interval: float = 2.0,
-                 max_attempts: int = 5, reference_refreshes: int = 2, stall_timeout: float = 300.0,
-                 policy: RetryPolicy | None = None):
+                 offline_retry: float = 30.0, max_attempts: int = 5, reference_refreshes: int = 2,
+                 stall_timeout: float = 300.0, policy: RetryPolicy | None = None):
         super().__init__()
         self.registry = registry
         self.pool = pool
@@ -168,7 +168,8 @@ class MediaUploader(Stoppable):
         self.topics = topics
         self.batch = batch
         self.poll_interval = poll_interval
-        self.policy = policy or upload_policy(max_attempts)
+        # a post whose request broke the connection waits `offline_retry` seconds (an outage)
+        self.policy = policy or upload_policy(max_attempts, outage_wait=offline_retry)
         self.reference_refreshes = reference_refreshes
         self.stall_timeout = stall_timeout   # an upload without progress this long is abandoned
         # A 'sending' row is taken over after this long (its process died); longer than any

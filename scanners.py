@@ -6,13 +6,18 @@
   committed message and nothing is missed or inserted twice. The first sweep is the backfill
   (progress in processed_messages / total_messages); once a sweep reaches the newest message the
   chat is `realtime`, and it is swept again every SWEEP_INTERVAL_SECONDS and whenever its
-  account's client reconnects. Chats of one account are swept one at a time, a turn of at most
+  account's client reconnects (Telethon's own reconnects included, accounts.watch_reconnects). Chats of one account are swept one at a time, a turn of at most
   `turn_messages` each, round robin, so one huge backfill does not starve the other chats.
 - `RealtimeScanner`: `events.NewMessage` without a `chats=` filter (that list is resolved once);
   the handler checks a watched set that is reloaded while running, so a chat added later is
   followed without a restart, and the hub is never watched. It only inserts jobs: a message
   seen here and again by a sweep is one job (unique (chat, message)); a message it never sees
   is found by the next sweep.
+- A watched basic group that becomes a supergroup ends with `MessageActionChatMigrateTo`: its
+  sweep reads it to that message, then the record moves to the new chat (chat id, type, cursor
+  0: the supergroup's own history is read from its start); the old part's jobs keep the old
+  chat's id. The live handler sees the migration too (a raw update: NewMessage skips service
+  messages) and asks for that sweep at once.
 - Media: photos, documents whose mime type is an image, videos, round video notes and GIF
   animations. The job's media key is 'photo:<id>' / 'document:<id>' (forwards keep the id, so
   the same media in many chats is downloaded and analysed once). Media larger than
@@ -26,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+from collections.abc import Callable
 import logging
 import time
 from dataclasses import dataclass
@@ -124,6 +130,15 @@ def photo_size(photo: types.Photo) -> int | None:
     return best
 
 
+def migration_target(message: Any) -> int | None:
+    """The marked id of the supergroup a basic group became, if `message` says so (the old
+    group's last message, `MessageActionChatMigrateTo`)."""
+    action = getattr(message, "action", None)
+    if isinstance(action, types.MessageActionChatMigrateTo):
+        return utils.get_peer_id(types.PeerChannel(action.channel_id))
+    return None
+
+
 def chat_id_of(message: Any) -> int:
     """The marked id of the chat a message is in."""
     return utils.get_peer_id(message.peer_id)
@@ -149,6 +164,7 @@ class SweepResult:
     cursor: int = 0
     reached_newest: bool = False
     stopped_because: str | None = None   # set when the sweep ended early (error, flood, paused)
+    migrated_to: int | None = None       # a basic group's end: the supergroup it became
 
 
 class _Batch:
@@ -156,11 +172,13 @@ class _Batch:
         self.rows: list[tuple] = []
         self.messages = 0
         self.cursor = 0
+        self.migrated_to: int | None = None
 
     def add(self, message: Any, max_bytes: int) -> None:
         self.messages += 1
         self.cursor = max(self.cursor, message.id)
         if not isinstance(message, types.Message):
+            self.migrated_to = migration_target(message) or self.migrated_to
             return
         info = classify(message)
         if info is None:
@@ -187,6 +205,7 @@ class MessageScanner:
         self._next: dict[tuple[int, int], tuple[float, int]] = {}
         self._stopping = asyncio.Event()
         self._wake = asyncio.Event()
+        self.on_migration: Callable[[], None] | None = None   # a watched chat moved (live handler)
 
     def request_sweep(self, account_id: int | None = None, chat_id: int | None = None) -> None:
         """Sweep now (a chat just added, an operator's request): of one chat, one account, or all."""
@@ -328,7 +347,26 @@ class MessageScanner:
         if result.stopped_because is not None or not await self._commit(chat, batch, iterator, result):
             return result   # the chat was paused or removed meanwhile
         await self._finish_turn(chat, result, generation)
+        if result.reached_newest and result.migrated_to is not None:
+            await self._follow_migration(chat, result.migrated_to)
         return result
+
+    async def _follow_migration(self, chat: dict[str, Any], new_chat_id: int) -> None:
+        """The basic group, read to its end, became a supergroup: watch that instead, from its
+        first message (the old part's jobs stay as they are: nothing lost, nothing twice)."""
+        async with self.pool.connection() as conn:
+            moved = await (await conn.execute(queries.tg_move_migrated_chat, {
+                "checkpoint_id": chat["id"], "new_chat_id": new_chat_id})).fetchone()
+            if moved is None:
+                await conn.execute(queries.tg_retire_migrated_chat, {
+                    "checkpoint_id": chat["id"],
+                    "note": f"became the supergroup {new_chat_id}, which this account watches already"})
+        logger.info("chat %s (%s) became the supergroup %s; following it there", chat["chat_id"],
+                    chat["chat_title"], new_chat_id)
+        self._next.pop((chat["account_id"], chat["chat_id"]), None)
+        self.request_sweep(chat["account_id"], new_chat_id)
+        if self.on_migration is not None:
+            self.on_migration()
 
     async def _checkpoint(self, account_id: int, chat_id: int) -> dict[str, Any] | None:
         async with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
@@ -351,6 +389,7 @@ class MessageScanner:
             })).fetchone()
         result.messages += batch.messages
         result.cursor = max(result.cursor, batch.cursor)
+        result.migrated_to = batch.migrated_to or result.migrated_to
         result.new_jobs += row[1] if row else 0
         if row is None or row[0] != "active":
             result.reached_newest = False
@@ -409,6 +448,7 @@ class RealtimeScanner:
         self._stopping = asyncio.Event()
         self._wake = asyncio.Event()
         self.received = 0
+        self.on_migration: Callable[[int, int], None] | None = None   # (account, chat): sweep it now
 
     def attach(self) -> None:
         """Register the NewMessage handler on every held client (once each)."""
@@ -417,6 +457,9 @@ class RealtimeScanner:
             if id(client) in self._attached:
                 continue
             client.add_event_handler(functools.partial(self._on_new_message, account_id), events.NewMessage())
+            # NewMessage skips service messages: a basic group's migration comes as a raw update.
+            client.add_event_handler(functools.partial(self._on_service_message, account_id),
+                                     events.Raw(types.UpdateNewMessage))
             self._attached.add(id(client))
 
     async def refresh(self) -> None:
@@ -458,8 +501,18 @@ class RealtimeScanner:
             logger.exception("account %s: a new message could not be queued; the next history "
                              "sweep of its chat picks it up", account_id)
 
+    async def _on_service_message(self, account_id: int, update: Any) -> None:
+        if isinstance(update.message, types.MessageService):
+            await self._on_new_message(account_id, update)
+
     async def handle(self, account_id: int, message: Any) -> int | None:
         """Queue the media of one new message if its chat is watched; return the new job's id."""
+        if migration_target(message) is not None and self.watches(account_id, chat_id_of(message)):
+            # A watched basic group became a supergroup: its sweep reads it to the end and moves
+            # the record (the new chat's messages meanwhile are found by that chat's backfill).
+            if self.on_migration is not None:
+                self.on_migration(account_id, chat_id_of(message))
+            return None
         if not isinstance(message, types.Message):
             return None
         chat_id = chat_id_of(message)

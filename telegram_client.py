@@ -65,28 +65,28 @@ class TelegramTuning:
     account_check: float = 5.0              # how often lost connections are retried
     actions_poll: float = 2.0
     uploads_poll: float = 2.0
+    offline_retry: float = 30.0             # a post cut off by a broken connection is tried again after
 
 
 class TelegramService:
-    """The Telegram parts of one daemon process.
+    """The Telegram parts of the daemon: every active account's client, and everything done with
+    them (sweeps, live updates, downloads, chat requests, topics, posts, topic requests).
 
-    Roles: `all` holds every active account and does everything; `scanner` holds every account
-    but the hub account (sweeps, live updates, downloads, chat requests); `uploader` holds only the
-    hub account (topics, posts, topic requests) and reads no chats.
+    One process only (the `all` role): a session file can be open in one process, and a post
+    re-sends the media by reference with the account that saw it, so the Telegram side cannot be
+    split between processes. `role` is kept for the callers; it must be "all".
     """
 
     def __init__(self, settings: Settings, pool: AsyncConnectionPool, *, role: str = "all",
                  client_factory: ClientFactory | None = None, tuning: TelegramTuning | None = None,
                  pacer: Pacer | None = None):
-        if role not in ("all", "scanner", "uploader"):
-            raise ValueError(f"no Telegram parts for role {role!r}")
+        if role != "all":
+            raise ValueError(f"no Telegram parts for role {role!r}: the Telegram side runs in the 'all' role")
         self.settings = settings
         self.pool = pool
         self.role = role
         self.tuning = tuning or TelegramTuning()
-        hold = {"all": "all", "scanner": "others", "uploader": "hub"}[role]
-        self.registry = AccountRegistry(settings, pool, client_factory, hold=hold,
-                                        check_interval=self.tuning.account_check)
+        self.registry = AccountRegistry(settings, pool, client_factory, check_interval=self.tuning.account_check)
         self.pacer = pacer or Pacer(settings.hub_posts_per_minute)
         self.scanner: MessageScanner | None = None
         self.realtime: RealtimeScanner | None = None
@@ -96,33 +96,23 @@ class TelegramService:
         self.uploader: MediaUploader | None = None
         self.actions: ActionApplier | None = None
 
-    @property
-    def scans(self) -> bool:
-        return self.role in ("all", "scanner")
-
-    @property
-    def posts(self) -> bool:
-        return self.role in ("all", "uploader")
-
     async def start(self) -> None:
-        """Connect the accounts and build the parts of this role."""
+        """Connect the accounts and build the parts."""
         await self.registry.start()
         settings, pool, tuning = self.settings, self.pool, self.tuning
-        handlers = []
-        if self.scans:
-            self.scanner = MessageScanner(self.registry, pool, settings, interval=tuning.sweep_interval,
-                                          poll_interval=tuning.sweep_poll)
-            self.realtime = RealtimeScanner(self.registry, pool, settings, refresh_interval=tuning.watched_refresh)
-            self.realtime.attach()
-            self.downloader = MediaDownloadManager(self.registry, pool, settings)
-            self.chats = ChatManager(self.registry, pool, settings, on_change=self._chat_changed)
-            handlers.append(self.chats)
-        if self.posts:
-            self.topics = TopicManager(self.registry, pool, settings, pacer=self.pacer)
-            self.uploader = MediaUploader(self.registry, pool, settings, self.topics, poll_interval=tuning.uploads_poll)
-            handlers.append(self.topics)
-        self.actions = ActionApplier(pool, handlers, poll_interval=tuning.actions_poll)
-        if settings.hub_group_id is None and self.posts:
+        self.scanner = MessageScanner(self.registry, pool, settings, interval=tuning.sweep_interval,
+                                      poll_interval=tuning.sweep_poll)
+        self.realtime = RealtimeScanner(self.registry, pool, settings, refresh_interval=tuning.watched_refresh)
+        self.realtime.attach()
+        self.realtime.on_migration = self.scanner.request_sweep
+        self.scanner.on_migration = self.realtime.request_refresh
+        self.downloader = MediaDownloadManager(self.registry, pool, settings)
+        self.chats = ChatManager(self.registry, pool, settings, on_change=self._chat_changed)
+        self.topics = TopicManager(self.registry, pool, settings, pacer=self.pacer)
+        self.uploader = MediaUploader(self.registry, pool, settings, self.topics, poll_interval=tuning.uploads_poll,
+                                      offline_retry=tuning.offline_retry)
+        self.actions = ActionApplier(pool, [self.chats, self.topics], poll_interval=tuning.actions_poll)
+        if settings.hub_group_id is None:
             logger.warning("HUB_GROUP_ID is not set: persons are found, but nothing is posted until it is")
 
     def _chat_changed(self, account_id: int, chat_id: int) -> None:

@@ -145,6 +145,32 @@ SET scan_mode = 'realtime', last_sweep_at = now(), deferred_until = NULL, last_e
     total_messages = processed_messages, last_updated = now()
 WHERE id = %(checkpoint_id)s;
 
+-- name: tg_wake_account_jobs
+-- Account %(account_id)s can be used again (logged in again): its jobs that wait for it (a
+-- download deferred while it was logged out) are due now, not after their deferral.
+UPDATE media_jobs SET run_after = now(), updated_at = now()
+WHERE account_id = %(account_id)s AND status IN ('queued', 'staged') AND run_after > now();
+
+-- name: tg_move_migrated_chat
+-- Watched chat %(checkpoint_id)s, a basic group read to its end, became the supergroup
+-- %(new_chat_id)s: the record moves there and the new chat's history is read from its start
+-- (its own message ids; the old group's jobs keep the old chat's id). Nothing if the account
+-- already watches the supergroup (tg_retire_migrated_chat then).
+UPDATE scan_checkpoints
+SET chat_id = %(new_chat_id)s, chat_type = 'supergroup', last_processed_message_id = 0,
+    processed_messages = 0, total_messages = 0, scan_mode = 'backfill', deferred_until = NULL,
+    last_error = NULL, last_sweep_at = NULL, last_updated = now()
+WHERE id = %(checkpoint_id)s AND state = 'active'
+  AND NOT EXISTS (SELECT 1 FROM scan_checkpoints other
+                  WHERE other.account_id = scan_checkpoints.account_id AND other.chat_id = %(new_chat_id)s)
+RETURNING id;
+
+-- name: tg_retire_migrated_chat
+-- The basic group %(checkpoint_id)s migrated to a supergroup the account already watches.
+UPDATE scan_checkpoints
+SET state = 'removed', last_error = %(note)s, last_updated = now()
+WHERE id = %(checkpoint_id)s AND state = 'active';
+
 -- name: tg_sweep_paused
 -- A sweep of chat %(checkpoint_id)s stopped early (its turn ended); it goes on from the cursor.
 UPDATE scan_checkpoints SET last_sweep_at = now(), last_updated = now() WHERE id = %(checkpoint_id)s;

@@ -147,7 +147,10 @@ class Requests:
         full = types.ChannelFull(
             id=chat.raw_id, about="", read_inbox_max_id=0, read_outbox_max_id=0, unread_count=0,
             chat_photo=types.PhotoEmpty(0), notify_settings=types.PeerNotifySettings(),
-            exported_invite=None, bot_info=[], pts=chat.pts, participants_count=len(chat.members))
+            exported_invite=None, bot_info=[], pts=chat.pts, participants_count=len(chat.members),
+            migrated_from_chat_id=utils.resolve_id(chat.migrated_from)[0] if chat.migrated_from else None,
+            migrated_from_max_id=(max(self._messages(self.chats[chat.migrated_from], phone), default=0)
+                                  if chat.migrated_from else None))
         return tl_messages.ChatFull(full_chat=full, chats=self._chats(phone, chat), users=self._users(phone))
 
     def _req_GetHistoryRequest(self, phone, request):

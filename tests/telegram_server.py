@@ -27,6 +27,8 @@ The world is Telegram's:
 - forum topics (the id of the `MessageActionTopicCreate` service message), `reply_to` into them,
   TOPIC_DELETED after `delete_topic()`;
 - random_id memory per peer: a second message with a used random_id is RANDOM_ID_DUPLICATE;
+- group migration (`migrate(group)`): a basic group becomes a new supergroup, the old one ending
+  with `MessageActionChatMigrateTo`, the new one starting with `MessageActionChannelMigrateFrom`;
 - protected chats (noforwards): re-sending their media by reference is CHAT_FORWARDS_RESTRICTED;
 - updates: a new message is pushed to every connected member account as Telegram does
   (`UpdateNewChannelMessage` with the channel's pts; `UpdateNewMessage` with the account's pts),
@@ -37,8 +39,12 @@ The world is Telegram's:
 Faults: `server.fail("SendMediaRequest", "FLOOD_WAIT_30")`, `"FLOOD_PREMIUM_WAIT_900"`,
 `"RANDOM_ID_DUPLICATE"`, … (any Telegram error message; the code comes from Telethon's table),
 `"ConnectionError"` (the connection broke: the caller gets `ConnectionError`), `"hang"` (no
-answer, ever), `"expire_reference"` (every file reference expires just before the request). `accept=True`: the server applies the request, then the answer is lost (the
+answer, ever), `"expire_reference"` (every file reference expires just before the request),
+`"revoke"` (the account is logged out just before it: `fail("GetHistoryRequest", "revoke",
+phone=p, after=1)` logs it out in the middle of a backfill). `accept=True`: the server applies the request, then the answer is lost (the
 error is what the caller sees) — a post or a topic Telegram has but the client never heard of.
+`drop_connection(phone)`, then `restore_connection(phone)`: the network drops the account's
+connection and Telethon reconnects by itself; updates sent meanwhile are lost, as they are.
 
     server = TelegramServer()
     server.add_account("+15550001")
@@ -94,6 +100,7 @@ class TelegramServer(Requests):
         self.calls: list[tuple[str, str, float]] = []   # (phone, request class name, clock()), in order
         self.downloads: dict[str, int] = {}       # media key -> complete downloads
         self.senders: dict[str, set[FakeSender]] = {}
+        self.dropped: dict[str, set[FakeSender]] = {}   # drop_connection: reconnecting
         self._seq = itertools.count(1000)
         self._lock = asyncio.Lock()
 
@@ -172,8 +179,29 @@ class TelegramServer(Requests):
             chat = self.accounts[owner].private[chat_id]
             return self._append(chat, {owner}, fields, deliver)[owner]
         chat = self.chats[chat_id]
+        if chat.migrated_to is not None:
+            raise ValueError(f"chat {chat_id} migrated to {chat.migrated_to}: post there")
         ids = self._append(chat, chat.members, fields, deliver)
         return ids if chat.per_account else next(iter(ids.values()))
+
+    def migrate(self, group_id: int, *, deliver: bool = True) -> int:
+        """A basic group becomes a supergroup (an admin turned on a supergroup-only feature): a
+        new channel with the same members, starting with `MessageActionChannelMigrateFrom`; the
+        old group ends with `MessageActionChatMigrateTo` (one per member, in each one's ids),
+        is `deactivated` with `migrated_to`, and keeps its history. Returns the new marked id."""
+        group = self.chats[group_id]
+        if group.kind != "group" or group.migrated_to is not None:
+            raise ValueError(f"chat {group_id} is not a basic group that can migrate")
+        new_id = self.add_chat(group.title, kind="supergroup", members=sorted(group.members),
+                               admins=sorted(group.admins))
+        new = self.chats[new_id]
+        new.migrated_from = group_id
+        self._append(group, group.members, dict(date=_now(), action=types.MessageActionChatMigrateTo(new.raw_id)),
+                     deliver)
+        group.migrated_to = new_id
+        self._append(new, new.members, dict(date=_now(), action=types.MessageActionChannelMigrateFrom(
+            group.title, group.raw_id)), deliver)
+        return new_id
 
     def history(self, chat_id: int, items: list[tuple[str | None, str]], *, owner: str | None = None) -> Any:
         """Many old messages at once (no updates): [(media key or None, text), …]."""
@@ -219,11 +247,26 @@ class TelegramServer(Requests):
         """A frozen account can read but not write (FROZEN_METHOD_INVALID)."""
         self.accounts[phone].status = "frozen"
 
+    def drop_connection(self, phone: str) -> None:
+        """The network drops `phone`'s connections, and Telethon's sender reconnects by itself (as
+        its `_reconnect` does with `auto_reconnect`): the client keeps looking connected, its
+        requests wait, and updates sent meanwhile never reach it, until `restore_connection`."""
+        for sender in list(self.senders.get(phone, ())):
+            if isinstance(sender, FakeSender):
+                sender.drop()
+
+    def restore_connection(self, phone: str) -> None:
+        """The reconnection succeeds: waiting requests go on, and the sender calls its
+        `_auto_reconnect_callback` (Telethon's `_handle_auto_reconnect`, no catch-up)."""
+        for sender in list(self.dropped.pop(phone, ())):
+            sender.restore()
+
     def fail(self, request: str, error: str, *, phone: str | None = None, times: int | None = 1,
-             accept: bool = False) -> None:
+             accept: bool = False, after: int = 0) -> None:
         """The next `times` (None: all) `request`s (a class name, e.g. "GetFileRequest") of
-        `phone` (None: any account) fail with `error`; see the module doc."""
-        self.faults.append(Fault(request, error, phone, times, accept))
+        `phone` (None: any account), once `after` of them went through, fail with `error`; see
+        the module doc."""
+        self.faults.append(Fault(request, error, phone, times, accept, after))
 
     # --- reading what happened ------------------------------------------------------------------
 
@@ -274,7 +317,8 @@ class TelegramServer(Requests):
         client = TelegramClient(str(session_path), options.pop("api_id", API_ID), options.pop("api_hash", API_HASH),
                                 **options)
         old = client._sender
-        client._sender = FakeSender(self, old.auth_key, loggers=client._log, updates_queue=client._updates_queue)
+        client._sender = FakeSender(self, old.auth_key, loggers=client._log, updates_queue=client._updates_queue,
+                                    auto_reconnect_callback=old._auto_reconnect_callback)
         return client
 
     def factory(self, **overrides: Any):
@@ -384,7 +428,10 @@ class TelegramServer(Requests):
         return [self._user(phone, i) for i in sorted(ids)]
 
     def _chats(self, phone: str, chat: Chat | None) -> list:
-        return [] if chat is None or chat.kind == "user" else [self._chat_object(phone, chat)]
+        if chat is None or chat.kind == "user":
+            return []
+        related = [chat.migrated_to] if chat.migrated_to is not None else []
+        return [self._chat_object(phone, chat)] + [self._chat_object(phone, self.chats[c]) for c in related]
 
     def _media_object(self, phone: str, key: str | None):
         if key is None:
@@ -422,6 +469,9 @@ class TelegramServer(Requests):
     def _fault(self, phone: str, name: str) -> Fault | None:
         for fault in self.faults:
             if fault.request == name and fault.phone in (None, phone):
+                if fault.after > 0:
+                    fault.after -= 1
+                    continue
                 if fault.times is not None:
                     fault.times -= 1
                     if fault.times <= 0:
@@ -453,6 +503,9 @@ class TelegramServer(Requests):
         if account.status == "frozen" and name in _WRITES:
             raise RpcFailure(420, "FROZEN_METHOD_INVALID")
         fault = self._fault(phone, name)
+        if fault is not None and fault.error == "revoke":   # logged out from another device, now
+            self.revoke(phone)
+            raise RpcFailure(401, "AUTH_KEY_UNREGISTERED")
         if fault is not None and fault.error == "expire_reference":
             self.expire_references()   # file references expire just before this request
             fault = None
@@ -489,11 +542,30 @@ class FakeSender(MTProtoSender):
     loop does (read with `request.read_result`, own updates into the update queue, errors
     through `rpc_message_to_error`)."""
 
-    def __init__(self, server: TelegramServer, auth_key: Any, *, loggers: Any, updates_queue: asyncio.Queue):
-        super().__init__(auth_key, loggers=loggers, updates_queue=updates_queue)
+    def __init__(self, server: TelegramServer, auth_key: Any, *, loggers: Any, updates_queue: asyncio.Queue,
+                 auto_reconnect_callback: Any = None):
+        super().__init__(auth_key, loggers=loggers, updates_queue=updates_queue,
+                         auto_reconnect_callback=auto_reconnect_callback)
         self.server = server
         self._pending: set[asyncio.Task] = set()
         self._done: asyncio.Future | None = None
+        self._link = asyncio.Event()   # cleared while the connection is dropped (reconnecting)
+        self._link.set()
+
+    def drop(self) -> None:
+        phone = self.phone
+        self._link.clear()
+        for senders in self.server.senders.values():
+            senders.discard(self)
+        self.server.dropped.setdefault(phone, set()).add(self)
+
+    def restore(self) -> None:
+        if not self._user_connected:
+            return
+        self.server.senders.setdefault(self.phone, set()).add(self)
+        self._link.set()
+        if self._auto_reconnect_callback:
+            asyncio.get_running_loop().create_task(self._auto_reconnect_callback())
 
     @property
     def phone(self) -> str | None:
@@ -525,7 +597,7 @@ class FakeSender(MTProtoSender):
         if not self._user_connected:
             return
         self._user_connected = False
-        for senders in self.server.senders.values():
+        for senders in (*self.server.senders.values(), *self.server.dropped.values()):
             senders.discard(self)
         for task in list(self._pending):
             task.cancel()
@@ -553,6 +625,7 @@ class FakeSender(MTProtoSender):
 
     async def _answer(self, request: Any, data: bytes) -> Any:
         await asyncio.sleep(0)      # an answer is never synchronous
+        await self._link.wait()     # a dropped connection: sent again once reconnected
         received = BinaryReader(data).tgread_object()
         try:
             result = await self.server.handle(self.phone, received)

@@ -106,8 +106,10 @@ async def serve(server: TelegramServer, path: str | Path) -> asyncio.AbstractSer
 class RemoteSender(MTProtoSender):
     """An MTProtoSender whose network is a Unix socket to `serve`."""
 
-    def __init__(self, path: str, auth_key: Any, *, loggers: Any, updates_queue: asyncio.Queue):
-        super().__init__(auth_key, loggers=loggers, updates_queue=updates_queue)
+    def __init__(self, path: str, auth_key: Any, *, loggers: Any, updates_queue: asyncio.Queue,
+                 auto_reconnect_callback: Any = None):
+        super().__init__(auth_key, loggers=loggers, updates_queue=updates_queue,
+                         auto_reconnect_callback=auto_reconnect_callback)
         self.path = path
         self._ids = itertools.count(1)
         self._waiting: dict[int, tuple[Any, asyncio.Future]] = {}
@@ -205,6 +207,7 @@ def remote_factory(path: str | Path, **overrides: Any):
                                 **(client_options(settings) | overrides))
         old = client._sender
         client._sender = RemoteSender(str(path), old.auth_key, loggers=client._log,
-                                      updates_queue=client._updates_queue)
+                                      updates_queue=client._updates_queue,
+                                      auto_reconnect_callback=old._auto_reconnect_callback)
         return client
     return make

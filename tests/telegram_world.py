@@ -78,7 +78,8 @@ class Chat:
     pts_log: list = field(default_factory=list)   # channels: [(pts, message id)]
     topics: dict[int, dict] = field(default_factory=dict)
     random_ids: set[int] = field(default_factory=set)
-    migrated_to: int | None = None
+    migrated_to: int | None = None     # basic groups: the marked id of the supergroup it became
+    migrated_from: int | None = None   # supergroups: the marked id of the basic group it was
     owner: str | None = None           # private chats: the account whose chat it is
 
     @property
@@ -137,6 +138,7 @@ class Fault:
     phone: str | None = None
     times: int | None = 1
     accept: bool = False
+    after: int = 0                     # let this many matching requests through first
 
 
 # --- errors -------------------------------------------------------------------------------------
