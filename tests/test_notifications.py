@@ -110,6 +110,6 @@ async def test_the_digest_goes_into_the_hubs_general_topic(h, pool):
     await lost_account(pool)
     notifier = Notifier(pool, NotifySettings(hub_digest=True), send_to_hub=hub_sender(service.topics))
     assert len(await notifier.check()) == 1
-    [post] = h.world.posts(h.hub)
-    assert post["topic"] in (None, 1) and "+44…12 is logged_out" in post["text"]
-    assert "7700900012" not in post["text"]
+    [post] = h.server.posts(h.hub)
+    assert post.topic in (None, 1) and "+44…12 is logged_out" in post.text
+    assert "7700900012" not in post.text
