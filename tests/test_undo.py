@@ -10,7 +10,7 @@ import persons as corrections_of_persons
 import undo
 from dashboard_pages import corrections
 from dashboard_pages.audit import plain
-from test_dashboard import biden, db, faces_of, persons, signed_in  # noqa: F401
+from test_dashboard import pick, biden, db, faces_of, persons, signed_in  # noqa: F401
 from test_dashboard_support import filled_db, filled_template  # noqa: F401
 
 
@@ -163,7 +163,7 @@ def test_the_audit_log_offers_the_undo_and_says_why_it_is_refused(db):  # noqa: 
     for source, target in ((person, first), (first, second)):
         at.query_params["person"] = str(source)
         at.switch_page("dashboard_pages/person.py").run()
-        at.checkbox(key=f"face_{source}_{face}").check().run()
+        pick(at, db, source, face)
         at.radio(key=f"move_dest_{source}").set_value("other").run()
         at.selectbox(key=f"move_target_{source}").select(target).run()
         at.button(key=f"move_go_{source}").click().run()
