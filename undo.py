@@ -89,6 +89,7 @@ SCOPES: dict[str, Callable[..., Scope]] = {
     "unassign_faces": lambda conn, face_ids: _face_scope(conn, face_ids),
     "dismiss_faces": lambda conn, face_ids: _face_scope(conn, face_ids),
     "resolve_review": _review_scope,
+    "split_person": lambda conn, person_id, groups: _face_scope(conn, [f for g in groups for f in g], person_id),
     "reject_merge_suggestion": lambda conn, suggestion: _suggestion_scope(conn, {suggestion}),
     "reject_suggestions": lambda conn, suggestion_ids: _suggestion_scope(conn, _ids(suggestion_ids)),
 }

@@ -9,7 +9,7 @@ import pandas as pd
 import streamlit as st
 
 import persons
-from dashboard_pages import app, corrections, face_grid
+from dashboard_pages import app, corrections, face_grid, split
 from database import queries
 
 FACES_PER_ROW = 8
@@ -138,6 +138,7 @@ if faces:
                          icon=":material/star:"):
                 corrections.apply(persons.choose_cover, person_id, selected[0], done="Cover changed.")
         corrections.move_faces(person, selected, choices, shown=[f["id"] for f in faces])
+    split.offer(person)
 
 # --- media -------------------------------------------------------------------------------------
 st.subheader("Media")
