@@ -127,3 +127,22 @@ def test_a_persons_faces_page_through_everything_with_counts(db):  # noqa: F811
     assert grid_faces(at, person) == total - 96
     at = signed_in("review")
     assert "1–1 of 1 faces, oldest first" in [c.value for c in at.caption]
+
+
+def images(node) -> int:
+    """How many pictures are drawn in this part of the page."""
+    if type(node).__name__ == "Image":
+        return 1
+    return sum(images(child) for child in getattr(node, "children", {}).values())
+
+
+def test_review_shows_several_faces_of_each_side_and_the_whole_photo(db):  # noqa: F811
+    [(face, media)] = db.execute("SELECT id, media_item_id FROM face_embeddings WHERE state = 'review'").fetchall()
+    at = signed_in("review")
+    [photo] = [e for e in at.expander if e.label == "Whole photo"]
+    # The file the face was found in (an export's file stays where it is), as a picture.
+    assert images(photo) == 1
+    # Each candidate and each side of a suggestion: its cover and up to three more faces.
+    shown = images(at.main)
+    covers = db.execute("SELECT count(*) FROM telegram_topics WHERE merged_into IS NULL").fetchone()[0]
+    assert shown > covers + 1
