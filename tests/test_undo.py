@@ -10,6 +10,7 @@ import persons as corrections_of_persons
 import undo
 from dashboard_pages import corrections
 from dashboard_pages.audit import plain
+from dashboard_pages.split import split_person
 from test_dashboard import pick, biden, db, faces_of, persons, signed_in  # noqa: F401
 from test_dashboard_support import filled_db, filled_template  # noqa: F401
 
@@ -109,7 +110,8 @@ def test_undo_of_moves_and_dismissals(db):  # noqa: F811
     for fn, args in [(corrections.move_faces_to_new_person, (faces[-2:], "Jill Biden")),
                      (corrections_of_persons.move_faces, (faces[-1:], other)),
                      (corrections_of_persons.unassign_faces, (faces[:1],)),
-                     (corrections_of_persons.dismiss_faces, (faces,))]:
+                     (corrections_of_persons.dismiss_faces, (faces,)),
+                     (split_person, (person, [faces[-1:], faces[-3:-1]]))]:
         result, record = change(db, fn, *args)
         assert state(db) != before
         undo.undo(db, record)
