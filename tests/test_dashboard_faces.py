@@ -146,3 +146,19 @@ def test_review_shows_several_faces_of_each_side_and_the_whole_photo(db):  # noq
     shown = images(at.main)
     covers = db.execute("SELECT count(*) FROM telegram_topics WHERE merged_into IS NULL").fetchone()[0]
     assert shown > covers + 1
+
+
+def test_a_click_toggles_a_face_and_a_box_selects_every_face_in_it(db):  # noqa: F811
+    person = biden(db)
+    faces = faces_of(db, person)
+    at = signed_in("person", person=str(person))
+    pick(at, db, person, faces[1])
+    assert ticked(at, person) == [faces[1]]
+    pick(at, db, person, faces[1])                        # a second click unselects it
+    assert ticked(at, person) == []
+    # A drag (or a click and a shift-click) from the 2nd to the 4th face: one rerun, three faces.
+    [key] = [d.key for d in at.dataframe if (d.key or "").startswith(f"face_grid_{person}_")]
+    at.session_state[key] = {"selection": {"rows": [], "columns": [], "cells": [[0, "2"], [0, "3"], [0, "4"]]}}
+    at.run()
+    assert ticked(at, person) == sorted(faces[1:4])
+    assert "3 of 5 selected" in [c.value for c in at.caption]
