@@ -20,7 +20,7 @@ ORDER BY r.topic_id, r.rank;
 SELECT m.media_type,
        (SELECT j.staged_path FROM media_jobs j WHERE j.media_item_id = m.id AND j.staged_path IS NOT NULL
         ORDER BY j.id DESC LIMIT 1) AS path,
-       (SELECT coalesce(array_agg(g.crop_jpeg ORDER BY g.id), '{}') FROM face_embeddings g
+       (SELECT coalesce(array_agg(g.crop_jpeg ORDER BY g.id), ARRAY[]::bytea[]) FROM face_embeddings g
         WHERE g.media_item_id = m.id AND g.id <> f.id AND g.crop_jpeg IS NOT NULL) AS other_faces
 FROM face_embeddings f JOIN media_items m ON m.id = f.media_item_id
 WHERE f.id = %(face_id)s;
