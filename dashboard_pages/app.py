@@ -107,28 +107,81 @@ def one(query: str, params: dict[str, Any] | None = None) -> dict[str, Any] | No
 
 def change(fn: Callable[..., T], *args: Any, summary: str | Callable[[T], str] = "") -> T:
     """Run a correction `fn(conn, *args)` (persons.py) and its audit log entry (named after
-    `fn`, saying `summary` or `summary(result)`) in one transaction."""
+    `fn`, saying `summary` or `summary(result)`) in one transaction. A merge, move or dismissal
+    (undo.SCOPES) keeps what undoing it needs in the entry, and the next flash offers the undo."""
+    import undo
     from dashboard_pages import audit
 
     with pool().connection(timeout=DB_WAIT) as conn, conn.transaction():
-        result = fn(conn, *args)
+        details: dict[str, Any] = {}
+        if undo.undoable(fn.__name__):
+            result, details["undo"] = undo.capture(conn, fn.__name__, fn, *args)
+        else:
+            result = fn(conn, *args)
         said = summary(result) if callable(summary) else summary
-        audit.record(conn, fn.__name__, said or fn.__name__, args=list(args), result=result)
-        return result
+        entry = audit.record(conn, fn.__name__, said or fn.__name__, args=list(args), result=result, **details)
+    st.session_state["_undo_entry"] = entry if details else None
+    return result
+
+
+def undo_change(entry_id: int) -> str:
+    """Undo the change of audit entry `entry_id` (see undo.py), audited itself; return the
+    undone change's summary (plain text). Raises undo.UndoRefused with the reason when it cannot be undone."""
+    import undo
+    from dashboard_pages import audit
+
+    with pool().connection(timeout=DB_WAIT) as conn, conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(queries.undo_entry, {"audit_id": entry_id})
+        entry = cur.fetchone()
+        if entry is None or "undo" not in entry["details"]:
+            raise undo.UndoRefused("this change cannot be undone.")
+        if entry["undone_by"] is not None:
+            raise undo.UndoRefused("this change was undone already.")
+        done = undo.undo(conn, entry["details"]["undo"])
+        audit.record(conn, "undo", f"Undone: {entry['summary']}", undoes=entry_id, **done)
+    return entry["summary"]
+
+
+def _undo_clicked(entry_id: int) -> None:
+    """The Undo button's callback (it runs before the page, which shows the outcome)."""
+    import undo
+
+    try:
+        st.session_state["_flash"] = f"Undone: {md(undo_change(entry_id))}"
+    except undo.UndoRefused as exc:
+        st.session_state["_flash_error"] = f"Not undone: {md(exc)}"
+    st.session_state["_undo_entry"] = None
+
+
+def undo_button(entry_id: int, where: str = "flash") -> None:
+    """An Undo button for the change of audit entry `entry_id`."""
+    st.button("Undo", key=f"undo_{where}_{entry_id}", icon=":material/undo:",
+              on_click=_undo_clicked, args=(entry_id,))
 
 
 # --- messages that survive the rerun after a change ----------------------------------------------
 
 
 def flash(message: str) -> None:
-    """Show `message` as a success at the top of the next run (the page reruns after a change)."""
+    """Show `message` as a success at the top of the next run (the page reruns after a change),
+    with an Undo button if the change can be undone."""
     st.session_state["_flash"] = message
 
 
 def show_flash() -> None:
+    error = st.session_state.pop("_flash_error", None)
+    if error:
+        st.error(error)
     message = st.session_state.pop("_flash", None)
+    entry = st.session_state.pop("_undo_entry", None)
     if message:
-        st.success(message)
+        if entry is None:
+            st.success(message)
+            return
+        said, button = st.columns([6, 1], vertical_alignment="center")
+        said.success(message)
+        with button:
+            undo_button(entry)
 
 
 # --- paging ----------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Audit log: every change made on the dashboard, newest first (dashboard_audit, audit.py)."""
+"""Audit log: every change made on the dashboard, newest first (dashboard_audit, audit.py), and
+an Undo for the newest merges, moves and dismissals (undo.py)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ from dashboard_pages import app
 from database import queries
 
 SHOWN = 200
+UNDO_SHOWN = 10
 
 st.title("Audit log")
+app.show_flash()
 total = app.one(queries.dashboard_audit_total)["count"]
 if not total:
     st.info("No change has been made on the dashboard yet. Every rename, merge, move, cover, "
@@ -21,6 +24,18 @@ if not total:
 entries = app.rows(queries.dashboard_audit_recent, {"limit": SHOWN})
 st.caption(f"The newest {len(entries)} of {total:,} changes." if total > len(entries)
            else f"{app.plural(total, 'change')}, newest first.")
+# The newest changes that can still be undone (merges, moves, dismissals, review answers), each
+# with its Undo: undoing an older one is refused while a later change touched the same faces.
+undoable = {r["id"] for r in app.rows(queries.undo_undoable, {"audit_ids": [e["id"] for e in entries]})}
+offered = [e for e in entries if e["id"] in undoable][:UNDO_SHOWN]
+if offered:
+    st.subheader("Undo")
+    for e in offered:
+        said, button = st.columns([6, 1], vertical_alignment="center")
+        said.markdown(f"{app.when(e['at'])} · {app.md(e['summary'])}")
+        with button:
+            app.undo_button(e["id"], where="audit")
+    st.subheader("Every change")
 st.dataframe(pd.DataFrame([{
     "When": app.local(e["at"]),
     "Change": e["summary"],           # plain text in a table: nothing in it is rendered

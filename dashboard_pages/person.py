@@ -1,4 +1,5 @@
-"""A person: their faces and media, and the corrections (rename, merge, move faces out, cover, hide).
+"""A person: their faces (selected by clicking them, moved with the form next to them), their
+media, and the corrections (rename, merge, cover, hide).
 
 The person is the query parameter `person` (the gallery links here with it)."""
 
@@ -8,7 +9,7 @@ import pandas as pd
 import streamlit as st
 
 import persons
-from dashboard_pages import app, corrections
+from dashboard_pages import app, corrections, face_grid, split
 from database import queries
 
 FACES_PER_ROW = 8
@@ -73,48 +74,72 @@ faces = app.page(queries.dashboard_person_faces, {"person_id": person_id, "limit
 app.pager(f"faces_page_{person_id}", faces, FACES_SHOWN, person["faces"], "faces, best first")
 
 
+def tiles() -> None:
+    """The faces as tiles, with a checkbox, "set as cover" and where each was seen."""
+    for start in range(0, len(faces), FACES_PER_ROW):
+        for col, face in zip(st.columns(FACES_PER_ROW), faces[start:start + FACES_PER_ROW]):
+            with col:
+                st.image(face["crop_jpeg"], width="stretch")
+                is_cover = face["id"] == person["cover_face_id"]
+                tick, star = st.columns([3, 1], vertical_alignment="center")
+                tick.checkbox(f"#{face['id']}{' ★' if is_cover else ''}", key=face_key(face["id"]))
+                if not is_cover and star.button("☆", key=f"cover_face_{face['id']}", help="Set as cover",
+                                                type="tertiary"):
+                    corrections.apply(persons.choose_cover, person_id, face["id"], done="Cover changed.")
+                link = app.message_link(face["source_chat_id"], face["source_message_id"], face["chat_username"])
+                source = app.source_text(face["chat_title"], face["source_chat_id"], face["source_message_id"])
+                if face["frame_time"] is not None:
+                    source += f" at {face['frame_time']:.1f} s"
+                scores = f"quality {face['quality_score']:.2f}" + (
+                    f" · match {face['match_similarity']:.2f}" if face["match_similarity"] else "")
+                st.caption(f"{scores}  \n" + (f"[{source}]({link})" if link else source))
+
+
 def face_key(face_id: int) -> str:
-    return f"face_{person_id}_{face_id}"
+    return face_grid.face_key(person_id, face_id)
 
 
 def select(face_ids: list[int], value: bool) -> None:
-    """Tick (or untick) these faces: a callback, so it runs before the boxes are drawn."""
+    """Select (or unselect) these faces: a callback, so it runs before they are drawn."""
     for face_id in face_ids:
         st.session_state[face_key(face_id)] = value
 
 
+VIEWS = {"grid": "Click to select", "tiles": "Details"}
 if not faces:
     st.caption("No faces left.")
 else:
-    st.caption("Tick the faces that are not this person (or the ones that are, and “keep only "
-               "the selected”), then choose where they go under “Move faces” below.")
     ids = [f["id"] for f in faces]
-    ticked = sum(bool(st.session_state.get(face_key(i))) for i in ids)
-    bar = st.columns([1, 1, 1, 5], vertical_alignment="center")
-    bar[0].button("Select all", key=f"select_all_{person_id}", on_click=select, args=(ids, True))
-    bar[1].button("Select none", key=f"select_none_{person_id}", on_click=select, args=(ids, False),
+    ticked = any(st.session_state.get(face_key(i)) for i in ids)
+    bar = st.columns([2, 1, 1, 1, 3], vertical_alignment="center")
+    view = bar[0].segmented_control("View", list(VIEWS), format_func=VIEWS.get, default="grid",
+                                    key=f"faces_view_{person_id}", label_visibility="collapsed") or "grid"
+    bar[1].button("Select all", key=f"select_all_{person_id}", on_click=select, args=(ids, True))
+    bar[2].button("Select none", key=f"select_none_{person_id}", on_click=select, args=(ids, False),
                   disabled=not ticked)
-    bar[2].button("Invert", key=f"select_invert_{person_id}", on_click=lambda: [
+    bar[3].button("Invert", key=f"select_invert_{person_id}", on_click=lambda: [
         select([i], not st.session_state.get(face_key(i))) for i in ids])
-    bar[3].caption(f"{ticked} of {len(ids)} selected")
-for start in range(0, len(faces), FACES_PER_ROW):
-    for col, face in zip(st.columns(FACES_PER_ROW), faces[start:start + FACES_PER_ROW]):
-        with col:
-            st.image(face["crop_jpeg"], width="stretch")
-            is_cover = face["id"] == person["cover_face_id"]
-            tick, star = st.columns([3, 1], vertical_alignment="center")
-            tick.checkbox(f"#{face['id']}{' ★' if is_cover else ''}", key=face_key(face["id"]))
-            if not is_cover and star.button("☆", key=f"cover_face_{face['id']}", help="Set as cover",
-                                            type="tertiary"):
-                corrections.apply(persons.choose_cover, person_id, face["id"], done="Cover changed.")
-            link = app.message_link(face["source_chat_id"], face["source_message_id"], face["chat_username"])
-            source = app.source_text(face["chat_title"], face["source_chat_id"], face["source_message_id"])
-            if face["frame_time"] is not None:
-                source += f" at {face['frame_time']:.1f} s"
-            scores = f"quality {face['quality_score']:.2f}" + (
-                f" · match {face['match_similarity']:.2f}" if face["match_similarity"] else "")
-            st.caption(f"{scores}  \n" + (f"[{source}]({link})" if link else source))
-selected = [f["id"] for f in faces if st.session_state.get(f"face_{person_id}_{f['id']}")]
+    count = bar[4].empty()   # filled once the grid has applied the latest click
+    if view == "grid":
+        st.caption("Click the faces that are not this person (or the ones that are, and “keep only "
+                   "the selected”); drag over faces, or click one and shift-click another, to select "
+                   "every face in between. Then say where they go, right below.")
+        face_grid.grid(person_id, faces, FACES_PER_ROW)
+    else:
+        tiles()
+selected = face_grid.selected(person_id, [f["id"] for f in faces])
+if faces:
+    count.caption(f"{len(selected)} of {len(faces)} selected")
+
+# --- what happens to the selected faces, next to them ----------------------------------------
+if faces:
+    with st.container(border=True):
+        if len(selected) == 1 and selected[0] != person["cover_face_id"]:
+            if st.button("Set the selected face as cover", key=f"cover_selected_{person_id}",
+                         icon=":material/star:"):
+                corrections.apply(persons.choose_cover, person_id, selected[0], done="Cover changed.")
+        corrections.move_faces(person, selected, choices, shown=[f["id"] for f in faces])
+    split.offer(person)
 
 # --- media -------------------------------------------------------------------------------------
 st.subheader("Media")
@@ -147,15 +172,13 @@ st.subheader("Corrections")
 # A keyed tab set keeps the open tab across reruns: without it, any change above it (the flash
 # message gone, a face fewer) reopened "Rename" under the operator's hand, e.g. right after they
 # chose whom to merge with. Its labels must not change either (hence "Hide / unhide").
-rename, merge, move, cover, hide = st.tabs(
-    ["Rename", "Merge", "Move faces", "Cover", "Hide / unhide"], key=f"corrections_{person_id}",
+rename, merge, cover, hide = st.tabs(
+    ["Rename", "Merge", "Cover", "Hide / unhide"], key=f"corrections_{person_id}",
     on_change="rerun")
 with rename:
     corrections.rename(person)
 with merge:
     corrections.merge(person, choices)
-with move:
-    corrections.move_faces(person, selected, choices, shown=[f["id"] for f in faces])
 with cover:
     corrections.cover(person, faces)
 with hide:

@@ -1,7 +1,10 @@
 """Review: "maybe the same person" suggestions (merge or not) and faces the matcher could not
-decide between persons (choose one, a new person, or nobody)."""
+decide between persons (choose one, anyone else by name, a new person, or nobody). Each side
+shows a few of its faces, and a face in review its whole photo."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import streamlit as st
 
@@ -11,6 +14,8 @@ from dashboard_pages.corrections import brief, name, on_telegram
 from database import queries
 
 SHOWN = 20
+MORE_FACES = 3                     # faces of each side besides its cover
+PHOTO_MAX_BYTES = 20 * 1024 * 1024
 
 st.title("Review")
 app.show_flash()
@@ -22,12 +27,42 @@ def reject_suggestions(conn, suggestion_ids: list[int]) -> None:
         persons.reject_merge_suggestion(conn, suggestion_id)
 
 
-def person_tile(column, person: dict, caption: str = "") -> None:
+def more_faces(person_ids: list[int]) -> dict[int, list[bytes]]:
+    """{person: a few of its best faces besides the cover}: one face is a poor likeness to judge."""
+    found: dict[int, list[bytes]] = {}
+    for r in app.rows(queries.review_person_faces, {"person_ids": person_ids, "per_person": MORE_FACES}):
+        found.setdefault(r["person_id"], []).append(r["crop_jpeg"])
+    return found
+
+
+def person_tile(column, person: dict, caption: str = "", faces: list[bytes] | None = None) -> None:
     with column:
         if person["cover"]:
             st.image(person["cover"], width=120)
+        if faces:
+            for small, crop in zip(st.columns(MORE_FACES), faces):
+                small.image(crop, width="stretch")
         app.person_link(person["id"], person["label"], person["hidden"])
         st.caption(f"{app.plural(person['faces'], 'face')}" + (f" · {caption}" if caption else ""))
+
+
+def whole_photo(face_id: int) -> None:
+    """The photo a face in review was found in, or, where the file is gone (a download is removed
+    once analysed), the other faces found in it."""
+    photo = app.one(queries.review_photo, {"face_id": face_id})
+    if photo is None:
+        return
+    path = Path(photo["path"]) if photo["path"] else None
+    with st.expander("Whole photo"):
+        if photo["media_type"] in ("photo", "image") and path is not None and path.is_file() \
+                and path.stat().st_size <= PHOTO_MAX_BYTES:
+            st.image(str(path), width="stretch")
+        else:
+            st.caption("The file is not kept on this machine: open the message to see it whole.")
+        if photo["other_faces"]:
+            st.caption(f"{app.plural(len(photo['other_faces']), 'other face')} in it:")
+            for small, crop in zip(st.columns(4), photo["other_faces"][:4]):
+                small.image(crop, width="stretch")
 
 
 # --- maybe the same person ---------------------------------------------------------------------
@@ -44,14 +79,15 @@ else:
                           done=f"Noted: the {app.plural(len(suggestions), 'pair')} shown are different "
                                "people; they are not offered again.")
 pairs = brief(sorted({p for s in suggestions for p in (s["person_a"], s["person_b"])}))
+pair_faces = more_faces(sorted({p["id"] for p in pairs.values()})) if pairs else {}
 for s in suggestions:
     a, b = pairs.get(s["person_a"]), pairs.get(s["person_b"])
     if a is None or b is None or a["id"] == b["id"]:
         continue
     with st.container(border=True):
         left, right, decide = st.columns([1, 1, 4])
-        person_tile(left, a)
-        person_tile(right, b)
+        person_tile(left, a, faces=pair_faces.get(a["id"]))
+        person_tile(right, b, faces=pair_faces.get(b["id"]))
         with decide:
             st.markdown(f"Similarity of their closest faces: **{s['score']:.3f}**")
             pair = {a["id"]: a, b["id"]: b}
@@ -78,6 +114,7 @@ if not faces:
     st.caption("No faces to decide. A face that looks like two persons almost equally waits here "
                "instead of being guessed.")
 candidates = brief(sorted({c["person_id"] for f in faces for c in (f["review_candidates"] or [])}))
+candidate_faces = more_faces(sorted({p["id"] for p in candidates.values()})) if candidates else {}
 everyone = app.rows(queries.dashboard_person_choices) if faces else []
 for face in faces:
     options: dict[int, dict] = {}
@@ -95,8 +132,10 @@ for face in faces:
             source = app.source_text(face["chat_title"], face["source_chat_id"], face["source_message_id"])
             st.caption((f"[{source}]({link})" if link else source)
                        + (f"  \n{len(face['unit_ids'])} faces of one video track" if len(face["unit_ids"]) > 1 else ""))
+            whole_photo(face["id"])
         for column, person in zip(columns[1:], options.values()):
-            person_tile(column, person, f"similarity {similarity[person['id']]:.3f}")
+            person_tile(column, person, f"similarity {similarity[person['id']]:.3f}",
+                        faces=candidate_faces.get(person["id"]))
             if column.button(f"It's {app.md(person['label'])}", key=f"review_{face['id']}_{person['id']}"):
                 corrections.apply(persons.resolve_review, face["id"], person["id"],
                                   done=f"The face is {name(person)}'s.")

@@ -71,6 +71,24 @@ def faces_of(db, person: int) -> list[int]:
         "SELECT id FROM face_embeddings WHERE topic_id = %s ORDER BY low_quality, quality_score DESC, id", (person,))]
 
 
+FACES_PER_ROW = 8   # dashboard_pages/person.py
+
+
+def pick(at: AppTest, db, person: int, face: int) -> AppTest:
+    """Click `face` in the grid of `person`'s faces (a click on one picture selects it)."""
+    index = faces_of(db, person).index(face)
+    [key] = [d.key for d in at.dataframe if (d.key or "").startswith(f"face_grid_{person}_")]
+    at.session_state[key] = {"selection": {"rows": [], "columns": [],
+                                           "cells": [[index // FACES_PER_ROW, str(index % FACES_PER_ROW + 1)]]}}
+    return at.run()
+
+
+def grid_faces(at: AppTest, person: int) -> int:
+    """How many faces the grid of `person`'s faces shows."""
+    [grid] = [d for d in at.dataframe if (d.key or "").startswith(f"face_grid_{person}_")]
+    return int(grid.value.notna().sum().sum())
+
+
 def actions(db) -> list[tuple[str, dict]]:
     return db.execute("SELECT action, payload FROM dashboard_actions WHERE status = 'pending' ORDER BY id").fetchall()
 
@@ -272,6 +290,7 @@ def test_names_from_telegram_and_labels_are_shown_as_typed_not_as_markdown(db):
     assert literal in [link.label for link in at.page_link]
     at = signed_in("person", person=str(person))
     assert [t.value for t in at.title] == [literal]
+    at.segmented_control(key=f"faces_view_{person}").set_value("tiles").run()
     assert any(r"\# \_Chat\_ \[x\](y) · message" in c.value for c in at.caption)
     # ... and on the page of a person merged into it.
     [other] = db.execute("INSERT INTO telegram_topics (label, merged_into) VALUES ('*x*', %s) RETURNING id",
@@ -298,9 +317,8 @@ def test_a_persons_page_shows_faces_media_and_sources(db):
                                 WHERE f.topic_id = %s""", (person,)).fetchone()
     first, last = (t.astimezone(timezone.utc) for t in (first, last))   # the viewer's zone: UTC here
     assert f"first seen {first:%Y-%m-%d %H:%M}, last seen {last:%Y-%m-%d %H:%M}" in about
-    face_boxes = [c for c in at.checkbox if c.key.startswith(f"face_{person}_")]
-    assert len(face_boxes) == 5 == len(faces_of(db, person))
-    media = at.dataframe[0].value
+    assert grid_faces(at, person) == 5 == len(faces_of(db, person))
+    media = [d for d in at.dataframe if d.key is None][0].value
     assert len(media) == 5 and sorted(media["Post"]) == ["pending"] * 4 + ["posted"]
     assert [link for link in media["Post link"] if link] == ["https://t.me/c/9999999999/77/4242"]
     assert "None" not in list(media["Post link"])        # an empty cell, not the word None
@@ -371,7 +389,7 @@ def test_move_a_face_out_to_a_new_person(db):
     face = faces_of(db, person)[-1]                     # the Situation Room face, the weakest
     media = db.execute("SELECT media_item_id FROM face_embeddings WHERE id = %s", (face,)).fetchone()[0]
     at = signed_in("person", person=str(person))
-    at.checkbox(key=f"face_{person}_{face}").check().run()
+    pick(at, db, person, face)
     at.radio(key=f"move_dest_{person}").set_value("new").run()
     preview = at.info[0].value
     assert "1 post of «Person 3» not sent yet is cancelled." in preview
@@ -396,7 +414,7 @@ def test_move_a_posted_face_to_another_person_deletes_its_post(db):
     db.execute("""UPDATE uploaded_media SET status = 'posted', uploaded_message_id = 4242, uploaded_at = now()
                   WHERE topic_id = %s AND media_item_id = %s""", (second, media))
     at = signed_in("person", person=str(second))
-    at.checkbox(key=f"face_{second}_{face}").check().run()
+    pick(at, db, second, face)
     at.radio(key=f"move_dest_{second}").set_value("other").run()
     at.selectbox(key=f"move_target_{second}").select(first).run()
     preview = at.info[0].value
@@ -420,6 +438,7 @@ def test_choose_a_cover(db):
     assert db.execute("SELECT cover_face_id, cover_is_manual FROM telegram_topics WHERE id = %s",
                       (person,)).fetchone() == (face, True)
     assert actions(db) == [("update_cover", {"person_id": person, "face_id": face})]
+    at.segmented_control(key=f"faces_view_{person}").set_value("tiles").run()
     assert f"#{face} ★" in [c.label for c in at.checkbox]
 
 

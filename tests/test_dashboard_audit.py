@@ -3,7 +3,7 @@ operator's words, and listed on the Audit log page."""
 
 from __future__ import annotations
 
-from test_dashboard import biden, db, faces_of, persons, signed_in  # noqa: F401
+from test_dashboard import pick, biden, db, faces_of, persons, signed_in  # noqa: F401
 from test_dashboard_support import FAMILY, filled_db, filled_template  # noqa: F401
 
 
@@ -21,7 +21,7 @@ def test_every_change_is_logged_and_listed(db):  # noqa: F811
     at.text_input(key=f"rename_{person}").input("Joe [Biden]").run()
     at.button(key=f"rename_{person}_go").click().run()
     face = faces_of(db, person)[-1]
-    at.checkbox(key=f"face_{person}_{face}").check().run()
+    pick(at, db, person, face)
     at.radio(key=f"move_dest_{person}").set_value("dismiss").run()
     at.button(key=f"move_go_{person}").click().run()
     at.selectbox(key=f"merge_other_{person}").select(first).run()

@@ -4,13 +4,13 @@ on each face, and in review: any person for a face, and all suggestions shown re
 
 from __future__ import annotations
 
-from test_dashboard import actions, biden, db, faces_of, persons, signed_in  # noqa: F401
+from test_dashboard import grid_faces, pick, actions, biden, db, faces_of, persons, signed_in  # noqa: F401
 from test_dashboard_support import filled_db, filled_template  # noqa: F401
 
 
 def ticked(at, person: int) -> list[int]:
-    return sorted(int(c.key.rsplit("_", 1)[1]) for c in at.checkbox
-                  if c.key.startswith(f"face_{person}_") and c.value)
+    return sorted(int(k.rsplit("_", 1)[1]) for k in at.session_state.keys()
+                  if k.startswith(f"face_{person}_") and at.session_state[k])
 
 
 def test_select_all_none_invert_and_keep_only_the_selected(db):  # noqa: F811
@@ -22,7 +22,7 @@ def test_select_all_none_invert_and_keep_only_the_selected(db):  # noqa: F811
     assert f"{len(faces)} of {len(faces)} selected" in [c.value for c in at.caption]
     at.button(key=f"select_none_{person}").click().run()
     assert ticked(at, person) == []
-    at.checkbox(key=f"face_{person}_{faces[-1]}").check().run()
+    pick(at, db, person, faces[-1])
     at.button(key=f"select_invert_{person}").click().run()
     keep = sorted(faces[:-1])
     assert ticked(at, person) == keep
@@ -41,7 +41,7 @@ def test_a_person_made_of_moved_faces_is_named_at_once(db):  # noqa: F811
     person = biden(db)
     face = faces_of(db, person)[-1]
     at = signed_in("person", person=str(person))
-    at.checkbox(key=f"face_{person}_{face}").check().run()
+    pick(at, db, person, face)
     at.radio(key=f"move_dest_{person}").set_value("new").run()
     at.text_input(key=f"move_name_{person}").input("Jill  Biden").run()
     at.button(key=f"move_go_{person}").click().run()
@@ -56,7 +56,7 @@ def test_a_name_that_exists_offers_that_person(db):  # noqa: F811
     other = persons(db)["Person 1"]
     face = faces_of(db, person)[-1]
     at = signed_in("person", person=str(person))
-    at.checkbox(key=f"face_{person}_{face}").check().run()
+    pick(at, db, person, face)
     at.radio(key=f"move_dest_{person}").set_value("new").run()
     at.text_input(key=f"move_name_{person}").input("person 1").run()
     assert "«Person 1» exists already" in at.warning[0].value
@@ -68,8 +68,14 @@ def test_set_as_cover_on_the_face_itself(db):  # noqa: F811
     person = biden(db)
     face = faces_of(db, person)[-1]
     at = signed_in("person", person=str(person))
-    at.button(key=f"cover_face_{face}").click().run()
+    pick(at, db, person, face)                           # in the grid: one face, then its button
+    at.button(key=f"cover_selected_{person}").click().run()
     assert at.success[0].value == "Cover changed."
+    other = faces_of(db, person)[0]
+    at.segmented_control(key=f"faces_view_{person}").set_value("tiles").run()
+    at.button(key=f"cover_face_{other}").click().run()   # in the tiles: the star on the face
+    assert at.success[0].value == "Cover changed."
+    face = other
     assert db.execute("SELECT cover_face_id, cover_is_manual FROM telegram_topics WHERE id = %s",
                       (person,)).fetchone() == (face, True)
 
@@ -115,9 +121,44 @@ def test_a_persons_faces_page_through_everything_with_counts(db):  # noqa: F811
     total = len(faces_of(db, person))
     at = signed_in("person", person=str(person))
     assert f"1–96 of {total} faces, best first" in [c.value for c in at.caption]
-    assert len([c for c in at.checkbox if c.key.startswith(f"face_{person}_")]) == 96
+    assert grid_faces(at, person) == 96
     at.button(key=f"faces_page_{person}_next").click().run()
     assert f"97–{total} of {total} faces, best first" in [c.value for c in at.caption]
-    assert len([c for c in at.checkbox if c.key.startswith(f"face_{person}_")]) == total - 96
+    assert grid_faces(at, person) == total - 96
     at = signed_in("review")
     assert "1–1 of 1 faces, oldest first" in [c.value for c in at.caption]
+
+
+def images(node) -> int:
+    """How many pictures are drawn in this part of the page."""
+    if type(node).__name__ == "Image":
+        return 1
+    return sum(images(child) for child in getattr(node, "children", {}).values())
+
+
+def test_review_shows_several_faces_of_each_side_and_the_whole_photo(db):  # noqa: F811
+    [(face, media)] = db.execute("SELECT id, media_item_id FROM face_embeddings WHERE state = 'review'").fetchall()
+    at = signed_in("review")
+    [photo] = [e for e in at.expander if e.label == "Whole photo"]
+    # The file the face was found in (an export's file stays where it is), as a picture.
+    assert images(photo) == 1
+    # Each candidate and each side of a suggestion: its cover and up to three more faces.
+    shown = images(at.main)
+    covers = db.execute("SELECT count(*) FROM telegram_topics WHERE merged_into IS NULL").fetchone()[0]
+    assert shown > covers + 1
+
+
+def test_a_click_toggles_a_face_and_a_box_selects_every_face_in_it(db):  # noqa: F811
+    person = biden(db)
+    faces = faces_of(db, person)
+    at = signed_in("person", person=str(person))
+    pick(at, db, person, faces[1])
+    assert ticked(at, person) == [faces[1]]
+    pick(at, db, person, faces[1])                        # a second click unselects it
+    assert ticked(at, person) == []
+    # A drag (or a click and a shift-click) from the 2nd to the 4th face: one rerun, three faces.
+    [key] = [d.key for d in at.dataframe if (d.key or "").startswith(f"face_grid_{person}_")]
+    at.session_state[key] = {"selection": {"rows": [], "columns": [], "cells": [[0, "2"], [0, "3"], [0, "4"]]}}
+    at.run()
+    assert ticked(at, person) == sorted(faces[1:4])
+    assert "3 of 5 selected" in [c.value for c in at.caption]

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import pytest
 
 from conftest import FACES_DIR
-from test_dashboard import biden, db, faces_of, persons, signed_in  # noqa: F401
+from test_dashboard import pick, biden, db, faces_of, persons, signed_in  # noqa: F401
 from test_dashboard_support import FAMILY, filled_db, filled_template  # noqa: F401
 
 LINK = "[news](https://example.com)"
@@ -105,7 +105,7 @@ def test_every_action_shows_hostile_names_as_text(hostile):
 
     # Move a face to another person: preview, button, flash.
     face = faces_of(db, person)[-1]
-    at.checkbox(key=f"face_{person}_{face}").check().run()
+    pick(at, db, person, face)
     at.radio(key=f"move_dest_{person}").set_value("other").run()
     at.selectbox(key=f"move_target_{person}").select(others[0]).run()
     nothing_rendered(at, "move preview")
