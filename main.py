@@ -210,6 +210,12 @@ async def build_components(settings: config.Settings, role: str, pool, conninfo:
     from retention import Retention, RetentionSettings
     retention = Retention(pool, RetentionSettings.from_settings(settings))
     components.append(Component("retention", retention.run, retention.stop))
+    if role in ("all", "scanner") and settings.person_suggestions_minutes > 0:
+        from identity_matcher import MatchParams
+        from suggestions import Suggestions
+        suggested = Suggestions(pool, MatchParams.from_settings(settings),
+                                interval=60.0 * settings.person_suggestions_minutes)
+        components.append(Component("suggestions", suggested.run, suggested.stop))
     return components
 
 
