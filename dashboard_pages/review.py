@@ -178,15 +178,15 @@ def recluster_persons(conn, dry_run: bool = False):
 preview, go = st.columns(2)
 if preview.button("Show what would change", key="recluster_preview"):
     with app.pool().connection(timeout=app.DB_WAIT) as conn:
-        st.session_state["recluster_preview"] = str(recluster_persons(conn, dry_run=True))
-if "recluster_preview" in st.session_state:
-    st.code(st.session_state["recluster_preview"], language=None)
+        st.session_state["recluster_report"] = str(recluster_persons(conn, dry_run=True))
+if "recluster_report" in st.session_state:
+    st.code(st.session_state["recluster_report"], language=None)
     on_telegram(["posts of photos that leave a person are deleted from its topic (unsent ones "
                  "cancelled); they are posted in the topic of the person they join (new persons get "
                  "a topic); nothing is posted twice."])
     sure = go.checkbox("I have read what changes", key="recluster_confirm")
     if sure and go.button("Re-decide now", key="recluster_go", type="primary"):
-        st.session_state.pop("recluster_preview", None)
+        st.session_state.pop("recluster_report", None)
         corrections.apply(recluster_persons, done=lambda report: (
             f"Re-decided {report.faces} faces: {report.moved} moved, {report.left} out to the pending "
             f"pool, {report.joined} joined a person; {len(report.created)} new persons."))

@@ -36,10 +36,13 @@ ON CONFLICT (person_a, person_b) DO UPDATE
 RETURNING id;
 
 -- name: suggestions_split_faces
--- The faces of every visible person with at least %(min_faces)s faces, by person.
+-- The faces of every visible person with at least %(min_faces)s faces, by person (counted here:
+-- the cached embedding_count may lag).
 SELECT f.topic_id, f.id, f.embedding
 FROM face_embeddings f JOIN telegram_topics t ON t.id = f.topic_id
-WHERE t.merged_into IS NULL AND NOT t.hidden AND t.embedding_count >= %(min_faces)s
+WHERE t.merged_into IS NULL AND NOT t.hidden
+  AND f.topic_id IN (SELECT topic_id FROM face_embeddings WHERE topic_id IS NOT NULL
+                     GROUP BY topic_id HAVING count(*) >= %(min_faces)s)
 ORDER BY f.topic_id, f.id;
 
 -- name: suggestions_splits_known

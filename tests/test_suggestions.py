@@ -63,9 +63,6 @@ async def test_split_offered_accepted_through_the_operators_move(pool, db, lfw):
     pure = arch.person(topic=9002)
     for v in c[:8]:
         arch.face(v, pure)
-    for person in (chained, pure):
-        db.execute("UPDATE telegram_topics SET embedding_count = (SELECT count(*) FROM face_embeddings "
-                   "WHERE topic_id = %s) WHERE id = %s", (person, person))
     async with pool.connection() as conn:
         assert await suggestions.refresh_split_suggestions(conn, PARAMS) == 1
     [(suggestion, person, face_ids)] = db.execute(
@@ -87,7 +84,6 @@ async def test_split_offered_accepted_through_the_operators_move(pool, db, lfw):
     chained2 = arch.person()
     for v in a[9:17] + b[5:9]:
         arch.face(v, chained2)
-    db.execute("UPDATE telegram_topics SET embedding_count = 12 WHERE id = %s", (chained2,))
     async with pool.connection() as conn:
         assert await suggestions.refresh_split_suggestions(conn, PARAMS) == 1
     [(second,)] = db.execute("SELECT id FROM split_suggestions WHERE status = 'open'").fetchall()
