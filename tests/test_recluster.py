@@ -178,3 +178,27 @@ def test_replay_on_numbers_keeps_operator_faces_and_rejections():
     assert {out[k].person for k in (7, 8, 9, 10)} == {7}
     assert len({out[k].person for k in range(1, 7)}) == 1 and out[1].person < 0
     assert out[11].person == out[1].person  # the rejected face may join A, never 7
+
+
+def test_main_recluster_dry_run_then_for_real(db, dlib_db, lfw, clean_env, tmp_path, capsys):
+    import main
+
+    params = psycopg.conninfo.conninfo_to_dict(dlib_db)
+    for name, value in {"POSTGRES_HOST": params["host"], "POSTGRES_DB": params["dbname"],
+                        "POSTGRES_USER": params["user"], "POSTGRES_PASSWORD": "unused-with-trust-auth",
+                        "FACE_ENGINE": "dlib", "DATA_DIR": str(tmp_path / "data")}.items():
+        clean_env.setenv(name, value)
+    a, b = lfw[:2]
+    arch = Archive(db)
+    chained = arch.person(topic=9001)
+    for v in a[:6] + b[:6]:
+        arch.face(v, chained, post="posted")
+    before = snapshot(db)
+    env = ["--env-file", str(tmp_path / "none.env")]
+    assert main.main(env + ["recluster", "--dry-run"]) == 0
+    assert "Dry run: nothing was changed" in capsys.readouterr().out
+    assert snapshot(db) == before
+    assert main.main(env + ["recluster"]) == 0
+    out = capsys.readouterr().out
+    assert "Reclustered:" in out and f"#{chained}" in out
+    assert snapshot(db) != before
