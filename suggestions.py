@@ -12,9 +12,13 @@ photo or video (two faces of one media item are two people), a pair the operator
 one was moved out of the other), merged or hidden persons, and a pair already answered. Open
 offers the pass no longer finds (e.g. made while matching from one close pair) are withdrawn.
 
-Cost: one matrix product of all faces with all persons' means, in blocks. On the faces-lfw
-replay (5,130 photos through the real matcher: 3,563 assigned faces in 472 persons), a pass
-takes 0.12 s (`.venv/bin/python bench/bench_suggestions.py`, see its docstring).
+Cost: one matrix product of all faces with all persons' means, in blocks, and one query for the
+pairs never offered. Measured with `.venv/bin/python bench/bench_suggestions.py` (2 cores shared
+with other jobs): on the 5,130 faces-lfw photos replayed through the real matcher (2,987 faces
+in 354 persons) the merge pass takes 1.97 s and the split pass 5.16 s; on the same photos
+chained two by two into 175 persons (3,646 faces), 1.26 s and 3.76 s (174 persons offered for a
+split, none after `recluster`). The pass it replaces (k-NN of each person's 5 best faces, one
+best pair per pair of persons) made one query per face.
 
 **Split suggestions.** Every person with at least 2 x MIN_FACES_FOR_PERSON faces is cut in two by
 average linkage (purity.split_groups); when the groups do not agree with each other by the join
