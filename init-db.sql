@@ -358,7 +358,7 @@ $$ LANGUAGE plpgsql;
 -- Suggestions about persons (migrations/0006_person_suggestions.sql)
 -- ============================================
 -- merge_suggestions: how many of the pair's faces agree with the other person as a whole
--- (average linkage at the suggestion threshold), out of the pair's faces; the review page ranks
+-- (average linkage at the join threshold), out of the pair's faces; the review page ranks
 -- by it. NULL for an offer made while matching, until the next pass counts it.
 ALTER TABLE merge_suggestions
     ADD COLUMN agreeing INTEGER CHECK (agreeing >= 0),

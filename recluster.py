@@ -2,8 +2,8 @@
 "Re-decide automatic assignments" (review page).
 
 `recluster(conn, params)` re-decides every automatic assignment (and the pending pool) with the
-current rules, as if the faces arrived again in a stated order (recluster_replay.py: persons by
-id, each person's faces by id, then pending faces by id), and writes what changed, in ONE
+current rules, as if the faces arrived again in the order they were stored (recluster_replay.py
+says why that order), and writes what changed, in ONE
 transaction: interrupted, nothing of it is left; run again, it starts over from the same state.
 It never touches the operator's facts: names, merges (faces follow merged_into), faces the
 operator placed, manual covers, hidden persons' faces, faces in review, "not this person"

@@ -5,7 +5,7 @@ Offers only: the operator decides on the Review page.
 **Merge suggestions, ranked by agreeing faces.** Every visible person is seen as a whole (its
 mean embedding, as the matcher sees it). A face of person A *agrees* with person B when its
 average linkage to B (its mean similarity to B's faces, = its dot product with B's mean) reaches
-the suggestion threshold; a pair is offered when some of its faces agree, ranked by how many of
+the join threshold (on its own it would join B); a pair is offered when some of its faces agree, ranked by how many of
 the two persons' faces agree (`agreeing`, out of `faces`), with the persons' average linkage to
 each other as `score` — not by one lucky pair of faces. Never offered: a pair seen together in one
 photo or video (two faces of one media item are two people), a pair the operator split (a face of
@@ -17,7 +17,13 @@ pairs never offered. Measured with `.venv/bin/python bench/bench_suggestions.py`
 with other jobs): on the 5,130 faces-lfw photos replayed through the real matcher (2,987 faces
 in 354 persons) the merge pass takes 1.97 s and the split pass 5.16 s; on the same photos
 chained two by two into 175 persons (3,646 faces), 1.26 s and 3.76 s (174 persons offered for a
-split, none after `recluster`). The pass it replaces (k-NN of each person's 5 best faces, one
+split, none after `recluster`).
+
+Why the join threshold: on the matcher's persons of those 5,130 photos (tune_persons.Sim, order
+1; 78 pairs of persons are one identity) faces agreeing at the suggestion threshold (0.9125)
+made 1,061 offers with 3 true pairs among the first 50; at 0.92, 469 offers and 27; at the join
+threshold (0.93), 170 offers holding 77 of the 78 true pairs, 39 of them among the first 50.
+The pass it replaces (k-NN of each person's 5 best faces, one
 best pair per pair of persons) made one query per face.
 
 **Split suggestions.** Every person with at least 2 x MIN_FACES_FOR_PERSON faces is cut in two by
@@ -99,7 +105,7 @@ async def refresh_merge_suggestions(conn, params: MatchParams) -> int:
             return 0
         person_of_face = np.array([r[0] for r in rows], np.int64)
         embeddings = np.stack([r[1].to_numpy() for r in rows]).astype(np.float32)
-        found = agreements(person_of_face, embeddings, params.suggest_threshold, forbidden)
+        found = agreements(person_of_face, embeddings, params.similarity_threshold, forbidden)
         columns = {"person_a": [p.person_a for p in found], "person_b": [p.person_b for p in found],
                    "score": [p.score for p in found], "agreeing": [p.agreeing for p in found],
                    "faces": [p.faces for p in found]}

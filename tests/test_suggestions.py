@@ -32,13 +32,13 @@ def test_pairs_are_ranked_by_agreeing_faces_not_by_one_close_pair():
     stray /= np.linalg.norm(stray)
     faces = np.concatenate([a[:5], a[5:], b, stray])
     person = np.array([1] * 5 + [2] * 5 + [3] * 6 + [3])
-    found = suggestions.agreements(person, faces, PARAMS.suggest_threshold, set())
+    found = suggestions.agreements(person, faces, PARAMS.similarity_threshold, set())
     assert [(p.person_a, p.person_b) for p in found][0] == (1, 2)
     assert found[0].agreeing == 10 and found[0].faces == 10
     assert all(p.agreeing < 10 for p in found[1:])
     # A pair seen together in a photo is never offered.
     assert (1, 2) not in {(p.person_a, p.person_b) for p in suggestions.agreements(
-        person, faces, PARAMS.suggest_threshold, {(1, 2)})}
+        person, faces, PARAMS.similarity_threshold, {(1, 2)})}
 
 
 def test_a_person_of_two_groups_is_split_and_a_pure_one_is_not():
