@@ -17,7 +17,7 @@ what it already has from being posted twice). A person emptied, unnamed, without
 is dissolved; new persons get a topic with their first post.
 
 While it runs, the persons lock and a lock on every person row keep the daemon's workers
-waiting, so the plan is made and written on faces nobody changes meanwhile: 23-27 s for the
+waiting, so the plan is made and written on faces nobody changes meanwhile: 10-19 s for the
 5,130 faces-lfw photos (5,200-5,470 faces; bench/bench_suggestions.py, 2 cores shared with other
 jobs), the replay's Python loop being most of it. `dry_run` makes the same changes and rolls them back, so its
 report (posts withdrawn and due included) is exactly what a real run would do now.

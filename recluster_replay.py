@@ -24,7 +24,8 @@ persons. A face mapped into a person the operator moved it out of goes back to p
 Measured on all 5,130 faces-lfw photos chained two by two into persons (numbers only, the chain
 made as bench/bench_suggestions.py makes it; before: P 0.647 R 0.993): arrival order gives
 P 0.9934 R 0.702 (what the matcher itself makes of these photos in that order: P 0.9934
-R 0.706), 16 s; person order P 0.9883 R 0.754, 6 s. Precision comes first: arrival is the default.
+R 0.706), 16 s (18.6 s on PostgreSQL, bench/bench_suggestions.py); person order P 0.9883
+R 0.754, 6 s. Precision comes first: arrival is the default.
 A database replayed from the matcher's own decisions (tune_persons.Sim, 1,000 photos) changes
 1 face of 1,049 in arrival order, 9 in person order.
 """

@@ -15,9 +15,9 @@ offers the pass no longer finds (e.g. made while matching from one close pair) a
 Cost: one matrix product of all faces with all persons' means, in blocks, and one query for the
 pairs never offered. Measured with `.venv/bin/python bench/bench_suggestions.py` (2 cores shared
 with other jobs): on the 5,130 faces-lfw photos replayed through the real matcher (2,987 faces
-in 354 persons) the merge pass takes 1.97 s and the split pass 5.16 s; on the same photos
-chained two by two into 175 persons (3,646 faces), 1.26 s and 3.76 s (174 persons offered for a
-split, none after `recluster`).
+in 354 persons) the merge pass takes 0.22 s (170 offers) and the split pass 1.49 s; on the same
+photos chained two by two into 175 persons (3,646 faces), 1.03 s and 2.44 s (174 persons
+offered for a split, none after `recluster`).
 
 Why the join threshold: on the matcher's persons of those 5,130 photos (tune_persons.Sim, order
 1; 78 pairs of persons are one identity) faces agreeing at the suggestion threshold (0.9125)

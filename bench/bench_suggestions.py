@@ -13,18 +13,19 @@
    what Telegram is told, and the time.
 
 Figures, 2026-12-02, 2 cores shared with other jobs (`.venv/bin/python bench/bench_suggestions.py`,
-all 5,130 photos, 5,512 faces):
-1. replayed in 541 s: P 0.9934 R 0.706, 354 persons (as bench_persons.py); 2,987 faces in
-   persons: merge pass 1.97 s (1,060 offers), split pass 5.16 s (none offered). recluster
-   --dry-run: 5,199 faces decided again in 26.5 s; 4,919 unchanged, 71 to another person, 114
-   out (mostly to review), 21 in from the pending pool; 14 new persons, 15 dissolved; no
-   posted message to delete (the moves touch posts not sent yet: 185 cancelled, 92 due). The
-   matcher's own outcome depends on the order faces arrive in; recluster's order is another.
-2. chained: before P 0.6473 R 0.993, 175 persons, largest 72 (purity 0.56); split pass 3.76 s
-   (174 of 175 persons offered), merge pass 1.26 s. recluster in 23.1 s: 3,955 unchanged, 867
-   to another person, 597 out to the pending pool or review, 35 in; 166 new persons; Telegram:
-   1,463 posted messages to delete, 901 posts due. After: P 0.9883 R 0.754, 338 persons,
-   largest 40 (purity 0.97); split pass 2.12 s (none offered), merge pass 1.10 s.
+all 5,130 photos, 5,512 faces; recluster in arrival order, faces agreeing at the join threshold):
+1. replayed in 367 s: P 0.9934 R 0.706, 354 persons (as bench_persons.py); 2,987 faces in
+   persons: merge pass 0.22 s (170 offers), split pass 1.49 s (none offered). recluster
+   --dry-run: 5,199 faces decided again in 10.4 s: 4,991 unchanged, 58 to another person, 118
+   out (mostly to review), 10 in from the pending pool; 15 new persons, 8 dissolved; nothing
+   posted here, so only unsent posts change (176 cancelled, 68 due). The replay is not the
+   matcher call for call (a photo's faces are decided one by one, the k-NN is exact), so 4 % of
+   a database matched by today's rules still moves.
+2. chained: before P 0.6473 R 0.993, 175 persons, largest 72 (purity 0.56); split pass 2.44 s
+   (174 of 175 persons offered), merge pass 1.03 s. recluster in 18.6 s: 3,855 unchanged, 854
+   to another person, 704 out to the pending pool or review, 42 in; 185 new persons; Telegram:
+   1,557 posted messages to delete, 895 posts due. After: P 0.9934 R 0.702, 356 persons,
+   largest 40 (purity 1.00); split pass 2.30 s (none offered), merge pass 1.66 s (173 offers).
 """
 
 from __future__ import annotations
