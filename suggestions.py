@@ -34,6 +34,7 @@ back only once the person has grown by half).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import defaultdict
 from dataclasses import dataclass
@@ -105,7 +106,9 @@ async def refresh_merge_suggestions(conn, params: MatchParams) -> int:
             return 0
         person_of_face = np.array([r[0] for r in rows], np.int64)
         embeddings = np.stack([r[1].to_numpy() for r in rows]).astype(np.float32)
-        found = agreements(person_of_face, embeddings, params.similarity_threshold, forbidden)
+        # numpy off the event loop: the daemon's other tasks (Telegram, uploads) keep running
+        found = await asyncio.to_thread(agreements, person_of_face, embeddings,
+                                        params.similarity_threshold, forbidden)
         columns = {"person_a": [p.person_a for p in found], "person_b": [p.person_b for p in found],
                    "score": [p.score for p in found], "agreeing": [p.agreeing for p in found],
                    "faces": [p.faces for p in found]}
@@ -127,8 +130,8 @@ async def refresh_split_suggestions(conn, params: MatchParams) -> int:
         for person, face, embedding in rows:
             by_person[person].append((face, embedding.to_numpy()))
         for person, faces in sorted(by_person.items()):
-            split = split_groups(np.stack([e for _, e in faces]), params.similarity_threshold,
-                                 params.min_faces)
+            split = await asyncio.to_thread(split_groups, np.stack([e for _, e in faces]),
+                                            params.similarity_threshold, params.min_faces)
             prior = known.get(person)   # (person, status, person_faces) of its latest offer
             if split is None:
                 if prior is not None and prior[1] == "open":
