@@ -84,6 +84,8 @@ class Settings(BaseSettings):
         None, gt=0.0, lt=1.0, description="Stricter similarity among faces that found a new person")
     min_quality_threshold: float = Field(0.5, ge=0.0, le=1.0, description="Faces below this are discarded")
     min_faces_for_person: int = Field(3, ge=2, le=50, description="Pending faces needed to create a person")
+    person_suggestions_minutes: int = Field(
+        60, ge=0, le=10080, description="Minutes between the passes that offer merges and splits of persons (0: never)")
 
     # --- Media and work ---------------------------------------------------------------------
     max_media_size_mb: int = Field(200, ge=1, le=4000, description="Larger media are skipped and recorded")

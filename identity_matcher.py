@@ -252,22 +252,13 @@ class IdentityMatcher:
             outcomes = await self._outcomes(run, units)
         return MatchResult(outcomes, run.due, run.created)
 
-    async def refresh_merge_suggestions(self, conn: psycopg.AsyncConnection, *,
-                                        faces_per_person: int = 5) -> int:
-        """A full pass over every visible person's best faces (e.g. nightly, or after the
-        thresholds changed); returns how many suggestions were made or raised. `assign` already
-        offers what each new face reveals."""
-        run = Run(conn, media_item_id=0)
-        async with conn.transaction():
-            await conn.execute(queries.persons_set_ef_search,
-                               {"ef_search": str(self.params.ef_search)})
-            rows = await (await conn.execute(queries.persons_best_faces,
-                                             {"per_person": faces_per_person})).fetchall()
-            for person_id, _face_id, embedding in rows:
-                for n in await search.knn(conn, embedding.to_numpy(), self.params.k,
-                                          self.params.suggest_threshold):
-                    run.note_pair(person_id, n)
-            return await run.record_suggestions()
+    async def refresh_merge_suggestions(self, conn: psycopg.AsyncConnection) -> int:
+        """The full pass over every visible person, ranked by agreeing faces (suggestions.py;
+        the daemon runs it on a schedule); returns how many suggestions were made or re-ranked.
+        `assign` already offers what each new face reveals, until the next pass ranks it."""
+        import suggestions
+
+        return await suggestions.refresh_merge_suggestions(conn, self.params)
 
     # --- deciding ------------------------------------------------------------------------------
 

@@ -16,7 +16,8 @@ CREATE TABLE schema_migrations (
 );
 INSERT INTO schema_migrations (version, name) VALUES (1, 'seed_schema'), (2, 'face_archiver'),
                                                      (3, 'topic_request'), (4, 'telegram_ids_and_account_states'),
-                                                     (5, 'dashboard'), (6, 'halfvec_index'), (7, 'dashboard_role');
+                                                     (5, 'dashboard'), (6, 'halfvec_index'), (7, 'dashboard_role'),
+                                                     (8, 'person_suggestions');
 
 -- The face engine that made the stored embeddings (one row at most). Embeddings of two models
 -- are not comparable, so the application refuses to start with another engine.
@@ -396,6 +397,7 @@ BEGIN
     GRANT UPDATE ON scan_checkpoints TO face_archiver_dashboard;           -- pause / resume a chat
     GRANT UPDATE ON media_jobs, media_items TO face_archiver_dashboard;    -- retry failed work
     GRANT INSERT ON dashboard_actions, dashboard_audit TO face_archiver_dashboard;
+    GRANT DELETE ON dashboard_actions TO face_archiver_dashboard;          -- undo: requests not yet applied
 END $$;
 
 -- Deleting a person's faces ("forget this person", erasure.py): the one way the dashboard's role
@@ -417,5 +419,39 @@ DO $$
 BEGIN
     IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'face_archiver_dashboard') THEN
         GRANT EXECUTE ON FUNCTION erase_person_faces(INTEGER) TO face_archiver_dashboard;
+    END IF;
+END $$;
+
+-- ============================================
+-- Suggestions about persons (migrations/0008_person_suggestions.sql)
+-- ============================================
+-- merge_suggestions: how many of the pair's faces agree with the other person as a whole
+-- (average linkage at the join threshold), out of the pair's faces; the review page ranks
+-- by it. NULL for an offer made while matching, until the next pass counts it.
+ALTER TABLE merge_suggestions
+    ADD COLUMN agreeing INTEGER CHECK (agreeing >= 0),
+    ADD COLUMN faces INTEGER CHECK (faces >= 0);
+
+-- split_suggestions: a person whose faces form two groups that do not agree with each other
+-- (average linkage between the groups below the join threshold) is offered for a split; accepting
+-- moves `face_ids` (the smaller group) to a new person, as the operator's move does. A rejected
+-- offer is not made again until the person has grown by half (`person_faces` at the time).
+CREATE TABLE split_suggestions (
+    id BIGSERIAL PRIMARY KEY,
+    person_id INTEGER NOT NULL REFERENCES telegram_topics(id) ON DELETE CASCADE,
+    face_ids BIGINT[] NOT NULL,
+    person_faces INTEGER NOT NULL CHECK (person_faces > 0),
+    score REAL NOT NULL,                        -- average linkage between the two groups
+    status TEXT NOT NULL DEFAULT 'open' CHECK (status IN ('open', 'accepted', 'rejected')),
+    created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    decided_at TIMESTAMPTZ
+);
+CREATE UNIQUE INDEX idx_split_suggestions_open ON split_suggestions (person_id) WHERE status = 'open';
+
+-- The dashboard's role (migrations/0007) answers split offers, and "forget this person" deletes them.
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'face_archiver_dashboard') THEN
+        GRANT UPDATE, DELETE ON split_suggestions TO face_archiver_dashboard;
     END IF;
 END $$;

@@ -213,10 +213,16 @@ async def build_components(settings: config.Settings, role: str, pool, conninfo:
     components.append(Component("retention", retention.run, retention.stop))
     from notifications import Notifier, NotifySettings, hub_sender
     notify = NotifySettings.from_settings(settings)
-    if notify.enabled and role in ("all", "uploader"):   # one process tells: the one that posts
+    if notify.enabled and role == "all":   # one process tells: the one that posts
         topics = telegram.topics if telegram is not None else None
         notifier = Notifier(pool, notify, send_to_hub=hub_sender(topics) if topics is not None else None)
         components.append(Component("notifications", notifier.run, notifier.stop))
+    if role == "all" and settings.person_suggestions_minutes > 0:
+        from identity_matcher import MatchParams
+        from suggestions import Suggestions
+        suggested = Suggestions(pool, MatchParams.from_settings(settings),
+                                interval=60.0 * settings.person_suggestions_minutes)
+        components.append(Component("suggestions", suggested.run, suggested.stop))
     return components
 
 

@@ -1,5 +1,5 @@
-"""The operator's commands of `main.py`: `retry`, `remove-chat` (recovery.py) and `forget`
-(erasure.py). Each opens its own connection (the embedded server is started if needed) and works
+"""The operator's commands of `main.py`: `retry`, `remove-chat` (recovery.py), `forget`
+(erasure.py) and `recluster` (recluster.py). Each opens its own connection (the embedded server is started if needed) and works
 in one transaction; the running daemon picks up what they change by itself."""
 
 from __future__ import annotations
@@ -87,7 +87,25 @@ def cmd_forget(settings: config.Settings, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"retry": cmd_retry, "remove-chat": cmd_remove_chat, "forget": cmd_forget}
+def cmd_recluster(settings: config.Settings, args: argparse.Namespace) -> int:
+    """Re-decide every automatic assignment with the current rules; --dry-run only reports."""
+    import recluster
+    from identity_matcher import MatchParams
+
+    try:
+        with _recovery_connection(settings) as conn:
+            report = recluster.recluster(conn, MatchParams.from_settings(settings), dry_run=args.dry_run)
+    except database.DatabaseError as exc:
+        print(f"database: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(report)
+    if not args.dry_run:
+        print("the running daemon posts and withdraws on Telegram by itself")
+    return EXIT_OK
+
+
+COMMANDS = {"retry": cmd_retry, "remove-chat": cmd_remove_chat, "forget": cmd_forget,
+            "recluster": cmd_recluster}
 
 
 def run(command: str, settings: config.Settings, args: argparse.Namespace) -> int:
@@ -109,3 +127,7 @@ def add_parsers(sub) -> None:
     forget = sub.add_parser("forget", help="erase a person: faces, crops, embeddings; posts withdrawn")
     forget.add_argument("person_id", type=int, metavar="PERSON_ID", help="as in the dashboard's person page")
     forget.add_argument("--yes", action="store_true", help="confirm: it cannot be undone")
+    recluster = sub.add_parser("recluster", help="re-decide every automatic face assignment with the "
+                               "current rules (operator corrections are kept)")
+    recluster.add_argument("--dry-run", action="store_true",
+                           help="only report what would move and what Telegram would be told")

@@ -246,7 +246,7 @@ def undo(conn: psycopg.Connection, record: dict[str, Any]) -> dict[str, Any]:
             elif current is not None and before["status"] != "posted":
                 withdraw.setdefault(current["topic_id"], []).append(current["id"])
         conn.execute(queries.undo_restore_uploads, {"rows": Jsonb(restore)})
-        conn.execute(queries.undo_delete_uploads, {"upload_ids": drop})
+        conn.execute(queries.undo_cancel_uploads, {"upload_ids": drop})
 
         # Telegram: requests not applied yet are withdrawn, applied ones answered.
         withdrawn = [i for i, a in actions.items() if a[3] == "pending"]

@@ -131,6 +131,7 @@ def undo_change(entry_id: int) -> str:
     from dashboard_pages import audit
 
     with pool().connection(timeout=DB_WAIT) as conn, conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(queries.persons_lock, {"key": undo.PERSONS_LOCK})   # one undo at a time
         cur.execute(queries.undo_entry, {"audit_id": entry_id})
         entry = cur.fetchone()
         if entry is None or "undo" not in entry["details"]:

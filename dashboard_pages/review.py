@@ -1,6 +1,7 @@
-"""Review: "maybe the same person" suggestions (merge or not) and faces the matcher could not
-decide between persons (choose one, anyone else by name, a new person, or nobody). Each side
-shows a few of its faces, and a face in review its whole photo."""
+"""Review: "maybe the same person" suggestions (merge or not), "maybe two people" (split or not),
+faces the matcher could not decide between persons (choose one, anyone else by name, a new
+person, or nobody), and re-deciding every automatic assignment (recluster.py). Each side shows
+a few of its faces, and a face in review its whole photo."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 import streamlit as st
 
 import persons
+import purity
 from dashboard_pages import app, corrections
 from dashboard_pages.corrections import brief, name, on_telegram
 from database import queries
@@ -65,6 +67,12 @@ def whole_photo(face_id: int) -> None:
                 small.image(crop, width="stretch")
 
 
+def crops(column, images: list) -> None:
+    shown = [c for c in images if c]
+    if shown:
+        column.image(shown, width=80)
+
+
 # --- maybe the same person ---------------------------------------------------------------------
 st.subheader("Maybe the same person")
 suggestions = app.rows(queries.dashboard_merge_suggestions, {"limit": SHOWN})
@@ -73,7 +81,7 @@ if not suggestions:
     st.caption("No suggestions. Persons whose faces come close are offered here, never merged silently.")
 else:
     left, right = st.columns([3, 2], vertical_alignment="center")
-    left.caption(f"{len(suggestions)} of {open_total}, most alike first.")
+    left.caption(f"{len(suggestions)} of {open_total}, most faces agreeing first.")
     if right.button(f"Different people: all {len(suggestions)} shown", key="suggestions_reject_all"):
         corrections.apply(reject_suggestions, [s["id"] for s in suggestions],
                           done=f"Noted: the {app.plural(len(suggestions), 'pair')} shown are different "
@@ -89,7 +97,11 @@ for s in suggestions:
         person_tile(left, a, faces=pair_faces.get(a["id"]))
         person_tile(right, b, faces=pair_faces.get(b["id"]))
         with decide:
-            st.markdown(f"Similarity of their closest faces: **{s['score']:.3f}**")
+            if s["agreeing"] is not None:
+                st.markdown(f"**{s['agreeing']} of their {s['faces']} faces** agree with the other "
+                            f"person as a whole (average similarity of the two: {s['score']:.3f})")
+            else:
+                st.markdown(f"Similarity of their closest faces: **{s['score']:.3f}**")
             pair = {a["id"]: a, b["id"]: b}
             keep = st.radio("Keep", list(pair), index=list(pair).index(corrections.default_survivor(a, b)),
                             horizontal=True, key=f"suggestion_keep_{s['id']}",
@@ -104,6 +116,34 @@ for s in suggestions:
                 corrections.apply(persons.reject_merge_suggestion, s["id"],
                                   done=f"Noted: {name(a)} and {name(b)} are different people; "
                                        "they are not offered again.")
+
+# --- maybe two people (purity.py) -------------------------------------------------------------------
+st.subheader("Maybe two people")
+splits = app.rows(queries.dashboard_split_suggestions, {"limit": SHOWN})
+if not splits:
+    st.caption("No person to split. A person whose faces form two groups that do not look alike "
+               "as wholes is offered here, never split silently.")
+for s in splits:
+    with st.container(border=True):
+        label = app.person_name(s["label"], s["hidden"])
+        st.markdown(f"{app.md(label)} (#{s['person_id']}): {app.plural(len(s['face_ids']), 'face')} "
+                    f"of {s['person_faces']} look like someone else (the two groups' average "
+                    f"similarity {s['score']:.3f})")
+        kept, split = st.columns(2)
+        kept.caption("Stay")
+        crops(kept, s["kept_crops"])
+        split.caption("Would become a new person")
+        crops(split, s["split_crops"])
+        on_telegram([f"their posts are deleted from {app.md(label)}'s topic (where no other face of it is in the photo) and posted "
+                     "in the new person's topic, created with its first post.",
+                     "“One person” changes nothing."])
+        yes, no = st.columns(2)
+        if yes.button("Two people: split", key=f"split_go_{s['id']}", type="primary"):
+            corrections.apply(purity.accept_split_suggestion, s["id"],
+                              done=lambda new_id: f"Split: the faces are a new person (#{new_id}).")
+        if no.button("One person", key=f"split_reject_{s['id']}"):
+            corrections.apply(purity.reject_split_suggestion, s["id"],
+                              done="Noted: one person; not offered again until it has grown by half.")
 
 # --- faces to decide ---------------------------------------------------------------------------
 st.subheader("Faces to decide")
@@ -157,3 +197,35 @@ for face in faces:
                                   done=lambda new_id: f"Made a new person (#{new_id}) of the face.")
             if st.button("Nobody to follow", key=f"review_dismiss_{face['id']}"):
                 corrections.apply(persons.resolve_review, face["id"], None, done="The face is dismissed.")
+
+# --- re-decide automatic assignments (recluster.py) ----------------------------------------------
+st.subheader("Re-decide automatic assignments")
+st.caption("Every face the matcher placed by itself, and the pending pool, decided again with today's "
+           "rules, as `main.py recluster` does: persons that are two people come apart. Your "
+           "corrections stay as they are (names, merges, faces you placed, covers, hidden persons, "
+           "faces in review, “not this person”).")
+
+
+def recluster_persons(conn, dry_run: bool = False):
+    """recluster.recluster with the daemon's rules (the audit log names this function)."""
+    import recluster
+    from identity_matcher import MatchParams
+
+    return recluster.recluster(conn, MatchParams.from_settings(app.settings()), dry_run=dry_run)
+
+
+preview, go = st.columns(2)
+if preview.button("Show what would change", key="recluster_preview"):
+    with app.pool().connection(timeout=app.DB_WAIT) as conn:
+        st.session_state["recluster_report"] = str(recluster_persons(conn, dry_run=True))
+if "recluster_report" in st.session_state:
+    st.code(st.session_state["recluster_report"], language=None)
+    on_telegram(["posts of photos that leave a person are deleted from its topic (unsent ones "
+                 "cancelled); they are posted in the topic of the person they join (new persons get "
+                 "a topic); nothing is posted twice."])
+    sure = go.checkbox("I have read what changes", key="recluster_confirm")
+    if sure and go.button("Re-decide now", key="recluster_go", type="primary"):
+        st.session_state.pop("recluster_report", None)
+        corrections.apply(recluster_persons, done=lambda report: (
+            f"Re-decided {report.faces} faces: {report.moved} moved, {report.left} out to the pending "
+            f"pool, {report.joined} joined a person; {len(report.created)} new persons."))

@@ -370,10 +370,11 @@ SELECT
 -- Review
 
 -- name: dashboard_merge_suggestions
--- Open "maybe the same person" offers, most alike first.
-SELECT id, person_a, person_b, score, created_at
+-- Open "maybe the same person" offers: most faces agreeing first (suggestions.py), then those
+-- made while matching and not yet counted by a pass, most alike first.
+SELECT id, person_a, person_b, score, agreeing, faces, created_at
 FROM merge_suggestions WHERE status = 'open'
-ORDER BY score DESC, id
+ORDER BY agreeing DESC NULLS LAST, score DESC, id
 LIMIT %(limit)s;
 
 -- name: dashboard_review_faces

@@ -19,9 +19,11 @@ SELECT erase_person_faces(%(person_id)s) AS erased;
 
 -- name: erasure_forget_person
 -- What is left of the person is a hidden, nameless record: the topic actions need it, and the
--- dashboard shows it nowhere. Its merge suggestions go.
+-- dashboard shows it nowhere. Its merge and split suggestions go (a split names its faces).
 WITH suggestions AS (
     DELETE FROM merge_suggestions WHERE person_a = %(person_id)s OR person_b = %(person_id)s
+), splits AS (
+    DELETE FROM split_suggestions WHERE person_id = %(person_id)s
 )
 UPDATE telegram_topics
 SET label = %(label)s, label_is_manual = TRUE, hidden = TRUE, exemplar_image_url = NULL,

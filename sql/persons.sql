@@ -194,20 +194,6 @@ ON CONFLICT (person_a, person_b) DO UPDATE
     WHERE merge_suggestions.status = 'open'
 RETURNING id;
 
--- name: persons_best_faces
--- Up to %(per_person)s best faces of every visible person: where a full merge-suggestion pass
--- looks from.
-SELECT r.topic_id, r.id, r.embedding
-FROM (
-    SELECT f.topic_id, f.id, f.embedding,
-           row_number() OVER (PARTITION BY f.topic_id
-                              ORDER BY f.low_quality, f.quality_score DESC, f.id) AS rank
-    FROM face_embeddings f JOIN telegram_topics t ON t.id = f.topic_id
-    WHERE t.merged_into IS NULL AND NOT t.hidden
-) AS r
-WHERE r.rank <= %(per_person)s
-ORDER BY r.topic_id, r.rank;
-
 -- name: persons_claim
 -- Locks person %(person_id)s against a concurrent merge or hide before a face joins it; returns
 -- where its faces go now (the survivor, if it was merged meanwhile). NO KEY UPDATE, not SHARE:

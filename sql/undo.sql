@@ -120,8 +120,11 @@ SET status = r.status, attempts = r.attempts, run_after = r.run_after, random_id
 FROM jsonb_populate_recordset(NULL::uploaded_media, %(rows)s) r
 WHERE u.id = r.id;
 
--- name: undo_delete_uploads
-DELETE FROM uploaded_media WHERE id = ANY(%(upload_ids)s::bigint[]);
+-- name: undo_cancel_uploads
+-- Posts the undone change made due and that are not on Telegram: cancelled, as a move cancels the
+-- posts it withdraws (kept, not deleted: the dashboard's role never deletes posts).
+UPDATE uploaded_media SET status = 'cancelled', last_error = 'withdrawn by an undo'
+WHERE id = ANY(%(upload_ids)s::bigint[]) AND status IN ('pending', 'failed', 'cancelled');
 
 -- name: undo_due_again
 -- Posts that a done delete_posts took off Telegram: due again (posted anew, with a new random_id).
@@ -145,12 +148,13 @@ RETURNING id;
 UPDATE telegram_topics SET hidden = TRUE WHERE id = %(person_id)s RETURNING id;
 
 -- name: undo_entry
--- Audit entry %(audit_id)s, locked (two undos of one change wait for each other), and whether
--- it was undone already.
+-- Audit entry %(audit_id)s and whether it was undone already. Read under persons_lock (two undos
+-- of one change wait for each other; the dashboard's role cannot lock audit rows: the log is
+-- append-only for it).
 SELECT a.id, a.action, a.summary, a.details,
        (SELECT u.id FROM dashboard_audit u
         WHERE u.action = 'undo' AND u.details->>'undoes' = a.id::text LIMIT 1) AS undone_by
-FROM dashboard_audit a WHERE a.id = %(audit_id)s FOR UPDATE;
+FROM dashboard_audit a WHERE a.id = %(audit_id)s;
 
 -- name: undo_undoable
 -- Which of the audit entries %(audit_ids)s can still be offered an undo (kept its undo data and

@@ -85,7 +85,7 @@ def test_review_assigns_to_anyone_and_rejects_every_suggestion_shown(db):  # noq
     [(face,)] = db.execute("SELECT id FROM face_embeddings WHERE state = 'review'").fetchall()
     [(suggestion,)] = db.execute("SELECT id FROM merge_suggestions WHERE status = 'open'").fetchall()
     at = signed_in("review")
-    assert "1 of 1, most alike first." in [c.value for c in at.caption]
+    assert "1 of 1, most faces agreeing first." in [c.value for c in at.caption]
     at.button(key="suggestions_reject_all").click().run()
     assert db.execute("SELECT status FROM merge_suggestions WHERE id = %s", (suggestion,)).fetchone() == ("rejected",)
     at.selectbox(key=f"review_other_{face}").select(person).run()
@@ -162,3 +162,26 @@ def test_a_click_toggles_a_face_and_a_box_selects_every_face_in_it(db):  # noqa:
     at.run()
     assert ticked(at, person) == sorted(faces[1:4])
     assert "3 of 5 selected" in [c.value for c in at.caption]
+
+
+def test_review_splits_a_person_offered_and_reclusters_behind_a_confirmation(db):  # noqa: F811
+    person = biden(db)
+    faces = faces_of(db, person)
+    suggestion = db.execute("INSERT INTO split_suggestions (person_id, face_ids, person_faces, score) "
+                            "VALUES (%s, %s, %s, 0.8) RETURNING id", (person, faces[-2:], len(faces))).fetchone()[0]
+    at = signed_in("review")
+    at.button(key=f"split_go_{suggestion}").click().run()
+    [(new,)] = db.execute("SELECT DISTINCT topic_id FROM face_embeddings WHERE id = ANY(%s)", (faces[-2:],)).fetchall()
+    assert new != person and sorted(faces_of(db, person)) == sorted(faces[:-2])
+    assert db.execute("SELECT status FROM split_suggestions WHERE id = %s", (suggestion,)).fetchone() == ("accepted",)
+    # Recluster: a preview first (nothing changes), then the confirmed run, in the audit log.
+    before = db.execute("SELECT id, topic_id, state FROM face_embeddings ORDER BY id").fetchall()
+    at.button(key="recluster_preview").click().run()
+    assert "Dry run: nothing was changed" in at.code[0].value
+    assert db.execute("SELECT id, topic_id, state FROM face_embeddings ORDER BY id").fetchall() == before
+    assert "recluster_go" not in [b.key for b in at.button]   # not before the confirmation
+    at.checkbox(key="recluster_confirm").check().run()
+    at.button(key="recluster_go").click().run()
+    assert at.success[0].value.startswith("Re-decided ")
+    assert db.execute("SELECT action FROM dashboard_audit ORDER BY id DESC LIMIT 1").fetchone() == (
+        "recluster_persons",)
