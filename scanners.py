@@ -193,13 +193,14 @@ class MessageScanner:
 
     def __init__(self, registry: AccountRegistry, pool: AsyncConnectionPool, settings: Settings, *,
                  batch_size: int = 100, turn_messages: int = 2000, poll_interval: float = 2.0,
-                 interval: float | None = None):
+                 interval: float | None = None, page_wait: float = 1.0):
         self.registry = registry
         self.pool = pool
         self.settings = settings
         self.batch_size = batch_size
         self.turn_messages = turn_messages
         self.poll_interval = poll_interval
+        self.page_wait = page_wait   # seconds between pages of 100 messages (iter_messages' wait_time)
         self.interval = float(interval if interval is not None else settings.sweep_interval_seconds)
         # (account, chat) -> (monotonic time of the next sweep, client generation it last saw)
         self._next: dict[tuple[int, int], tuple[float, int]] = {}
@@ -285,7 +286,7 @@ class MessageScanner:
         iterator = None
         try:
             entity = await resolve_input_entity(client, chat_id)
-            iterator = client.iter_messages(entity, min_id=result.cursor, reverse=True)
+            iterator = client.iter_messages(entity, min_id=result.cursor, reverse=True, wait_time=self.page_wait)
             result.reached_newest = True
             async for message in iterator:
                 batch.add(message, self.settings.max_media_bytes)

@@ -66,6 +66,8 @@ class TelegramTuning:
     actions_poll: float = 2.0
     uploads_poll: float = 2.0
     offline_retry: float = 30.0             # a post cut off by a broken connection is tried again after
+    page_wait: float = 1.0                  # pause between pages of history (Telethon's own default
+                                            # for long reads: it keeps a backfill off flood limits)
 
 
 class TelegramService:
@@ -101,7 +103,7 @@ class TelegramService:
         await self.registry.start()
         settings, pool, tuning = self.settings, self.pool, self.tuning
         self.scanner = MessageScanner(self.registry, pool, settings, interval=tuning.sweep_interval,
-                                      poll_interval=tuning.sweep_poll)
+                                      poll_interval=tuning.sweep_poll, page_wait=tuning.page_wait)
         self.realtime = RealtimeScanner(self.registry, pool, settings, refresh_interval=tuning.watched_refresh)
         self.realtime.attach()
         self.realtime.on_migration = self.scanner.request_sweep

@@ -37,7 +37,7 @@ def hooks() -> main.Hooks:
         import telegram_wire
         factory = telegram_wire.remote_factory(server, request_retries=2)
     telegram = TelegramTuning(sweep_poll=0.3, watched_refresh=0.5, account_check=0.5, actions_poll=0.3,
-                              uploads_poll=0.3, offline_retry=2.0)
+                              uploads_poll=0.3, offline_retry=2.0, page_wait=0.0)
     return main.Hooks(telegram_client_factory=factory, tuning=TUNING, telegram_tuning=telegram)
 
 

@@ -108,7 +108,8 @@ class ServerHarness:
     async def service(self, role: str = "all", **tuning: Any) -> Any:
         from telegram_client import TelegramService, TelegramTuning
 
-        values = dict(sweep_poll=0.1, watched_refresh=0.1, account_check=0.2, actions_poll=0.1, uploads_poll=0.1)
+        values = dict(sweep_poll=0.1, watched_refresh=0.1, account_check=0.2, actions_poll=0.1, uploads_poll=0.1,
+                      page_wait=0.0)
         service = TelegramService(self.settings, self.pool, role=role, client_factory=self.factory,
                                   tuning=TelegramTuning(**(values | tuning)))
         await service.start()
