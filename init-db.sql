@@ -397,7 +397,7 @@ BEGIN
     GRANT UPDATE ON scan_checkpoints TO face_archiver_dashboard;           -- pause / resume a chat
     GRANT UPDATE ON media_jobs, media_items TO face_archiver_dashboard;    -- retry failed work
     GRANT INSERT ON dashboard_actions, dashboard_audit TO face_archiver_dashboard;
-    GRANT DELETE ON dashboard_actions TO face_archiver_dashboard;          -- undo: requests not yet applied
+    GRANT DELETE ON dashboard_actions TO face_archiver_dashboard;          -- undo: requests not applied yet
 END $$;
 
 -- Deleting a person's faces ("forget this person", erasure.py): the one way the dashboard's role

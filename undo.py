@@ -189,15 +189,26 @@ def _check(conn: psycopg.Connection, record: dict[str, Any]) -> dict[int, dict[s
     return now
 
 
+def _withdraw_requests(conn: psycopg.Connection, action_ids: list[int]) -> list[int]:
+    """Delete the requests of `action_ids` not applied yet; refuse if the daemon is applying one
+    (it holds the row until it is done) for longer than a moment."""
+    previous = conn.execute(queries.undo_lock_timeout, {"timeout": "3s"}).fetchone()[0]
+    try:
+        withdrawn = [r[0] for r in conn.execute(queries.undo_drop_actions, {"action_ids": action_ids})]
+    except psycopg.errors.LockNotAvailable:
+        raise UndoRefused("Telegram is being told about this change at this very moment; "
+                          "try again in a few seconds.") from None
+    conn.execute(queries.undo_lock_timeout, {"timeout": previous})
+    return withdrawn
+
+
 def undo(conn: psycopg.Connection, record: dict[str, Any]) -> dict[str, Any]:
     """Undo the correction `record` (from `capture`) in `conn`'s transaction; return what was
     done for Telegram: {"withdrawn": request ids deleted, "requested": new requests}."""
     with conn.transaction():
         now = _check(conn, record)
-        actions = {r[0]: r for r in conn.execute(queries.undo_lock_actions, {"action_ids": record["actions"]})}
-        if len(actions) < len(record["actions"]):
-            raise UndoRefused("Telegram is being told about this change at this very moment; "
-                              "try again in a few seconds.")
+        withdrawn = _withdraw_requests(conn, record["actions"])
+        actions = {r[0]: r for r in conn.execute(queries.undo_applied_actions, {"action_ids": record["actions"]})}
         uploads = {r[0]: r[1] for r in conn.execute(queries.undo_lock_uploads, {
             "upload_ids": [int(k) for k, _, _ in record["uploads"]]})}
         if any(uploads.get(int(k), {}).get("status") == "sending" for k, _, _ in record["uploads"]):
@@ -249,8 +260,6 @@ def undo(conn: psycopg.Connection, record: dict[str, Any]) -> dict[str, Any]:
         conn.execute(queries.undo_cancel_uploads, {"upload_ids": drop})
 
         # Telegram: requests not applied yet are withdrawn, applied ones answered.
-        withdrawn = [i for i, a in actions.items() if a[3] == "pending"]
-        conn.execute(queries.undo_drop_actions, {"action_ids": withdrawn})
         restored = {r[0]: r[1] for r in conn.execute(queries.undo_lock_persons, {
             "person_ids": sorted({int(k) for k, _, _ in record["persons"]})})}
         for _, kind, payload, status in actions.values():

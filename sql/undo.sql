@@ -64,14 +64,20 @@ WHERE u.id = ANY(%(upload_ids)s::bigint[]) ORDER BY u.id FOR UPDATE;
 -- name: undo_lock_suggestions
 SELECT id, status FROM merge_suggestions WHERE id = ANY(%(suggestion_ids)s::bigint[]) ORDER BY id FOR UPDATE;
 
--- name: undo_lock_actions
--- The requests %(action_ids)s, unless the daemon is applying one right now (it holds its row).
-SELECT id, action, payload, status FROM dashboard_actions
-WHERE id = ANY(%(action_ids)s::bigint[]) ORDER BY id FOR UPDATE SKIP LOCKED;
-
 -- name: undo_drop_actions
--- Requests not applied yet that the undo makes pointless: Telegram never hears of them.
-DELETE FROM dashboard_actions WHERE id = ANY(%(action_ids)s::bigint[]) AND status = 'pending';
+-- The requests %(action_ids)s not applied yet, which the undo makes pointless: deleted, so that
+-- Telegram never hears of them. One the daemon is applying right now is locked by it: the delete
+-- waits for it (under a lock_timeout, undo.py), then finds it no longer pending. (The dashboard's
+-- role cannot lock rows of the queue it only adds to; deleting is its lock.)
+DELETE FROM dashboard_actions WHERE id = ANY(%(action_ids)s::bigint[]) AND status = 'pending' RETURNING id;
+
+-- name: undo_applied_actions
+-- The requests %(action_ids)s left after undo_drop_actions: the daemon is done with them.
+SELECT id, action, payload, status FROM dashboard_actions WHERE id = ANY(%(action_ids)s::bigint[]) ORDER BY id;
+
+-- name: undo_lock_timeout
+-- lock_timeout %(timeout)s until the transaction ends; returns the one before.
+SELECT current_setting('lock_timeout') AS previous, set_config('lock_timeout', %(timeout)s, true);
 
 -- name: undo_insert_persons
 INSERT INTO telegram_topics SELECT * FROM jsonb_populate_recordset(NULL::telegram_topics, %(rows)s);

@@ -4,6 +4,7 @@ facts, posts), and the requests for Telegram say what must be said and no more."
 
 from __future__ import annotations
 
+import psycopg
 import pytest
 
 import persons as corrections_of_persons
@@ -26,8 +27,12 @@ def state(db) -> dict[str, list]:
         "rejections": db.execute("SELECT face_id, topic_id FROM face_rejections ORDER BY 1, 2").fetchall(),
         "suggestions": db.execute("SELECT id, person_a, person_b, status, decided_at FROM merge_suggestions "
                                   "ORDER BY id").fetchall(),
+        # a post an undo withdrew before it was sent stays as a cancelled row (the dashboard's role
+        # never deletes posts): as good as never made
         "posts": db.execute("""SELECT id, topic_id, media_item_id, status, random_id, last_error
-                               FROM uploaded_media ORDER BY id""").fetchall(),
+                               FROM uploaded_media
+                               WHERE (status, last_error) IS DISTINCT FROM ('cancelled', 'withdrawn by an undo')
+                               ORDER BY id""").fetchall(),
         "requests": db.execute("SELECT action, payload, status FROM dashboard_actions ORDER BY id").fetchall(),
     }
 
@@ -130,6 +135,24 @@ def test_undo_of_a_move_whose_posts_were_deleted_posts_them_again(db):  # noqa: 
     undo.undo(db, record)
     assert db.execute("SELECT status FROM uploaded_media WHERE id = ANY(%s)",
                       (payload["uploaded_media_ids"],)).fetchall() == [("pending",)]   # ... it comes back
+
+
+def test_undo_is_refused_while_the_daemon_applies_one_of_its_requests(db):  # noqa: F811
+    """The daemon holds a request's row while it tells Telegram: the undo cannot tell whether
+    Telegram heard it, so it refuses (after a moment) and changes nothing."""
+    person = biden(db)
+    db.execute("UPDATE telegram_topics SET topic_id = 75 WHERE id = %s", (person,))
+    applied(db)
+    _, record = change(db, corrections_of_persons.dismiss_faces, faces_of(db, person)[-1:])
+    [(action_id,)] = db.execute("SELECT id FROM dashboard_actions WHERE status = 'pending'").fetchall()
+    before = state(db)
+    with psycopg.connect(db.info.dsn) as daemon, daemon.transaction():
+        daemon.execute("SELECT id FROM dashboard_actions WHERE id = %s FOR UPDATE", (action_id,))
+        with pytest.raises(undo.UndoRefused, match="at this very moment"):
+            undo.undo(db, record)
+    assert state(db) == before
+    undo.undo(db, record)   # once it is free, the undo withdraws the request
+    assert db.execute("SELECT count(*) FROM dashboard_actions WHERE id = %s", (action_id,)).fetchone() == (0,)
 
 
 def test_undo_of_a_rejected_suggestion(db):  # noqa: F811
