@@ -74,6 +74,11 @@ class Settings(BaseSettings):
     postgres_port: int = Field(5432, ge=1, le=65535)
     postgres_db: str = "face_archiver"
     postgres_user: str = "postgres"
+    # (before postgres_password: its check reads this one)
+    dashboard_db_password: SecretStr | None = Field(
+        None, description="Password of the dashboard's own PostgreSQL role (face_archiver_dashboard); "
+                          "required with POSTGRES_HOST, not with the embedded server. The app sets it on "
+                          "the role; the dashboard logs in with it (and needs no POSTGRES_PASSWORD)")
     postgres_password: SecretStr | None = None
 
     # --- Faces and persons ------------------------------------------------------------------
@@ -127,9 +132,6 @@ class Settings(BaseSettings):
 
     # --- Dashboard --------------------------------------------------------------------------
     dashboard_password: SecretStr | None = None
-    dashboard_db_password: SecretStr | None = Field(
-        None, description="Password of the dashboard's own PostgreSQL role (face_archiver_dashboard); "
-                          "required with POSTGRES_HOST, not with the embedded server")
     dashboard_auth: bool = Field(
         True, description="false turns the password off; only for a dashboard bound to localhost")
 
@@ -187,7 +189,9 @@ class Settings(BaseSettings):
     @field_validator("postgres_password")
     @classmethod
     def _password_with_host(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
-        if info.data.get("postgres_host") and value is None:
+        # An external server needs the owner's password, except in the dashboard's container: it
+        # does not migrate, and logs in with its role's password only.
+        if info.data.get("postgres_host") and value is None and info.data.get("dashboard_db_password") is None:
             raise ValueError("required when POSTGRES_HOST is set (generate one: openssl rand -base64 32)")
         return value
 

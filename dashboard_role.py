@@ -3,9 +3,11 @@ it reads everything and writes only what the dashboard writes, so a mistake in a
 someone at the dashboard) cannot delete faces but by "forget this person", touch the accounts,
 the queue's leases or the schema.
 
-The dashboard prepares the database as the configured user (migrations), then sets the role's
-password from DASHBOARD_DB_PASSWORD (an external server) and does all its work as the role. The
-embedded server trusts its local socket: the role logs in without a password there.
+Whoever migrates (`database.prepare`: the app; the dashboard too where it has the owner's password)
+sets the role's password from DASHBOARD_DB_PASSWORD on an external server. In Docker the
+dashboard's container has only that password, not POSTGRES_PASSWORD: it does not migrate, it logs
+in as the role and waits for the app to have brought the schema up to date. The embedded server
+trusts its local socket: the role logs in without a password there.
 """
 
 from __future__ import annotations
@@ -33,25 +35,33 @@ def set_password(conninfo: str, password: str) -> None:
         conn.execute(sql.SQL("ALTER ROLE {} WITH LOGIN PASSWORD {}").format(sql.Identifier(ROLE), sql.Literal(verifier)))
 
 
+def ensure_password(settings: config.Settings, server: Server) -> None:
+    """Set the role's password from DASHBOARD_DB_PASSWORD on an external `server`, as the user that
+    migrates (database.prepare calls this: the app does it in Docker, where the dashboard's container
+    holds only the role's password). Raises DatabaseError when the role does not exist."""
+    secret = settings.dashboard_db_password.get_secret_value() if settings.dashboard_db_password else None
+    if secret is None or server.embedded:
+        return
+    try:
+        set_password(server.conninfo, secret)
+    except psycopg.errors.UndefinedObject as exc:
+        raise DatabaseError(f"the role {ROLE} does not exist: the user {conninfo_to_dict(server.conninfo).get('user')!r} "
+                            "may not create roles; create it as an administrator (CREATE ROLE "
+                            f"{ROLE} LOGIN) and restart, the migrations grant it the rest") from exc
+    except psycopg.errors.InsufficientPrivilege:
+        logger.warning("cannot set the password of %s (no CREATEROLE): using the one it has", ROLE)
+
+
 def conninfo(settings: config.Settings, server: Server) -> str:
-    """How the dashboard connects: `server` as the role. With an external server, sets the role's
-    password first; raises DatabaseError when the role cannot be used (no password, no role)."""
+    """How the dashboard connects: `server` as the role (with DASHBOARD_DB_PASSWORD on an external
+    server; raises DatabaseError without it)."""
     secret = settings.dashboard_db_password.get_secret_value() if settings.dashboard_db_password else None
     if secret is None and not server.embedded:
         raise DatabaseError("DASHBOARD_DB_PASSWORD is not set: the dashboard logs in to PostgreSQL as its "
                             f"own role, {ROLE}, and needs a password for it (openssl rand -base64 24)")
-    if secret is not None:
-        try:
-            set_password(server.conninfo, secret)
-        except psycopg.errors.UndefinedObject as exc:
-            raise DatabaseError(f"the role {ROLE} does not exist: the user {conninfo_to_dict(server.conninfo).get('user')!r} "
-                                "may not create roles; create it as an administrator (CREATE ROLE "
-                                f"{ROLE} LOGIN) and restart, the migrations grant it the rest") from exc
-        except psycopg.errors.InsufficientPrivilege:
-            logger.warning("cannot set the password of %s (no CREATEROLE): using the one it has", ROLE)
     params = conninfo_to_dict(server.conninfo)
     params.update(user=ROLE, application_name="face_archiver_dashboard")
     params.pop("password", None)
-    if secret is not None:
+    if secret is not None and not server.embedded:
         params["password"] = secret
     return make_conninfo(**params)

@@ -433,4 +433,6 @@ def prepare(settings: Settings, *, engine: str | None = None, dimension: int | N
     if record is None:
         with psycopg.connect(server.conninfo) as conn:
             record = recorded_engine(conn)
+    import dashboard_role   # the dashboard's role (made by the migrations) gets its password
+    dashboard_role.ensure_password(settings, server)
     return Prepared(server, version, record)

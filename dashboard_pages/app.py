@@ -53,7 +53,8 @@ def settings() -> config.Settings:
 
 @dataclass
 class Database:
-    prepared: database.Prepared  # holds the embedded server (if any) for as long as we run
+    server: database.Server
+    prepared: database.Prepared | None  # holds the embedded server (if any) for as long as we run
     pool: ConnectionPool
 
 
@@ -65,19 +66,29 @@ def _close(db: Database) -> None:
 def _database() -> Database:
     import dashboard_role
 
-    prepared = database.prepare(settings())
+    config_ = settings()
+    if config_.embedded_database or config_.postgres_password is not None:
+        prepared = database.prepare(config_)   # migrated, the role's password set
+        server = prepared.server
+    else:   # Docker: only the role's password here; the app migrates
+        prepared, server = None, database.locate_server(config_)
     # Every page works as the dashboard's least-privilege role (dashboard_role.py), not as the
     # user that migrated.
-    pool = database.sync_pool(dashboard_role.conninfo(settings(), prepared.server), min_size=1, max_size=4,
-                              name="dashboard")
+    pool = database.sync_pool(dashboard_role.conninfo(config_, server), min_size=1, max_size=4, name="dashboard")
     try:
         pool.open(wait=True, timeout=30)
+        with pool.connection() as conn:
+            version = database.schema_version(conn)
     except psycopg.Error as exc:
         pool.close()
-        raise database.DatabaseError(f"cannot connect to {prepared.server.location}: {exc}") from exc
-    logger.info("dashboard connected to %s as %s (schema version %d)",
-                prepared.server.location, dashboard_role.ROLE, prepared.schema_version)
-    return Database(prepared, pool)
+        raise database.DatabaseError(f"cannot connect to {server.location} as {dashboard_role.ROLE}: {exc} (the "
+                                     "app makes the role and sets its password when it starts)") from exc
+    if version < database.latest_version():
+        pool.close()
+        raise database.DatabaseError(f"the database is at schema version {version}, this dashboard needs "
+                                     f"{database.latest_version()}: start the app (it migrates), then reload")
+    logger.info("dashboard connected to %s as %s (schema version %d)", server.location, dashboard_role.ROLE, version)
+    return Database(server, prepared, pool)
 
 
 def connect() -> Database:

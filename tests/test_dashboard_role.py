@@ -120,11 +120,18 @@ def test_the_role_cannot_do_what_the_dashboard_never_does(world, statement):
 
 def test_the_dashboard_logs_in_as_the_role(world, clean_env):
     params = conninfo_to_dict(world["db"])
-    server = database.Server(world["db"], embedded=False)
-    settings = config.load_settings(None, postgres_host=params["host"], postgres_db=params["dbname"],
-                                    postgres_password="unused", dashboard_db_password="s3cret 'quoted'")
-    info = dashboard_role.conninfo(settings, server)
+    location = dict(postgres_host=params["host"], postgres_port=int(params.get("port") or 5432),
+                    postgres_db=params["dbname"], postgres_user=params.get("user") or "postgres")
+    # The app (the owner's password and the role's) migrates and sets the role's password ...
+    app = config.load_settings(None, **location, postgres_password="unused", dashboard_db_password="s3cret 'quoted'")
+    server = database.prepare(app).server
+    assert not server.embedded
+    # ... the dashboard's container has the role's password only, and logs in with it.
+    settings = config.load_settings(None, **location, dashboard_db_password="s3cret 'quoted'")
+    assert settings.postgres_password is None
+    info = dashboard_role.conninfo(settings, database.locate_server(settings))
     assert conninfo_to_dict(info)["user"] == dashboard_role.ROLE
+    assert conninfo_to_dict(info)["password"] == "s3cret 'quoted'"
     with psycopg.connect(world["db"]) as admin:   # the password is set on the role
         stored = admin.execute("SELECT rolpassword FROM pg_authid WHERE rolname = %s",
                                (dashboard_role.ROLE,)).fetchone()[0]

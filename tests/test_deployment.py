@@ -262,9 +262,11 @@ def test_passwords_are_required_and_secrets_reach_only_who_needs_them():
     assert "TG_API_HASH" not in environment("dashboard") and "TG_API_HASH" not in environment("worker")
     assert "GITHUB_TOKEN" not in environment("app")
     assert "DASHBOARD_PASSWORD" in environment("dashboard")
-    # The dashboard's own database role: required, and for the dashboard only.
+    # The dashboard's own database role: required; the app sets it on the role, the dashboard logs
+    # in with it and never holds the owner's password.
     assert "${DASHBOARD_DB_PASSWORD:?" in text and "DASHBOARD_DB_PASSWORD" in environment("dashboard")
-    assert "DASHBOARD_DB_PASSWORD" not in environment("app")
+    assert "DASHBOARD_DB_PASSWORD" in environment("app") and "DASHBOARD_DB_PASSWORD" not in environment("worker")
+    assert "POSTGRES_PASSWORD" not in environment("dashboard")
     assert "NOTIFY_WEBHOOK_URL" in environment("app") and "NOTIFY_WEBHOOK_URL" not in environment("dashboard")
 
 
