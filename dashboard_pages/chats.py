@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+import recovery
 from commands import python_command
 from dashboard_pages import app
 from database import queries
@@ -24,6 +25,11 @@ def set_chat_state(conn, checkpoint_id: int, state: str) -> bool:
     """Pause or resume a watched chat; whether it changed."""
     return conn.execute(queries.dashboard_set_chat_state,
                         {"checkpoint_id": checkpoint_id, "state": state}).fetchone() is not None
+
+
+def stop_watching(conn, chat_id: int, account_id: int) -> str:
+    """`main.py remove-chat CHAT --account ID` (recovery.py), keeping the chat's data; what it did."""
+    return str(recovery.remove_chat(conn, chat_id, account_id=account_id))
 
 
 if not chats:
@@ -68,6 +74,26 @@ else:
         if changed:
             app.flash(said)
         st.rerun()
+
+    watched = [i for i, c in by_id.items() if c["state"] != "removed"]
+    if watched:
+        st.subheader("Stop watching")
+        gone = st.selectbox(
+            "Chat", watched, key="remove_chat",
+            format_func=lambda i: f"{chat_name(by_id[i])} · {by_id[i]['account'] or '—'}")
+        st.caption("The chat is no longer read by this account, and its media not analysed yet are "
+                   "skipped. What it brought stays: persons, faces, posts. To forget its data as well: "
+                   f"`{python_command()} main.py remove-chat {by_id[gone]['chat_id']} --drop-data --yes`. "
+                   "Resuming it above reads it again. Nothing changes on Telegram.")
+        sure = st.checkbox("I want to stop watching this chat", key="remove_chat_confirm")
+        if st.button("Stop watching", key="remove_chat_go", disabled=not sure):
+            chat = by_id[gone]
+            said = f"Stopped watching {app.md(chat_name(chat))}"
+            removed = app.change(stop_watching, chat["chat_id"], chat["account_id"],
+                                 summary=lambda r: f"{said}: {r}.")
+            if removed is not None:
+                app.flash(f"{said}: {removed}.")
+            st.rerun()
 
 # --- imported from exports ---------------------------------------------------------------------
 if imported:

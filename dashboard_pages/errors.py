@@ -19,6 +19,11 @@ def retry_failed_of_type(conn, error_type: str) -> recovery.Retried:
     return recovery.retry_failed(conn, error_type=error_type)
 
 
+def retry_failed_of_chat(conn, chat_id: int) -> recovery.Retried:
+    """What failed from chat `chat_id`, queued again."""
+    return recovery.retry_failed(conn, chat_id=chat_id)
+
+
 def retry_section() -> None:
     """What failed for good, by error type, with a button to queue it again."""
     failed = app.rows(queries.recovery_failed_summary)
@@ -36,6 +41,15 @@ def retry_section() -> None:
             what = ", ".join(app.plural(n, kind) for kind, n in counts.items() if n)
             if st.button(f"Retry {what} that failed with {error_type}", key=f"retry-{error_type}"):
                 done = app.change(retry_failed_of_type, error_type, summary=lambda d: f"{d}.")
+                app.flash(f"{done}.")
+                st.rerun()
+        by_chat: dict[int, int] = {}
+        for row in failed:
+            if row["chat_id"] is not None:
+                by_chat[row["chat_id"]] = by_chat.get(row["chat_id"], 0) + row["failed"]
+        for chat_id, count in list(by_chat.items())[:8]:
+            if st.button(f"Retry {app.plural(count, 'failed item')} from chat {chat_id}", key=f"retry-chat-{chat_id}"):
+                done = app.change(retry_failed_of_chat, chat_id, summary=lambda d: f"{d}.")
                 app.flash(f"{done}.")
                 st.rerun()
         if st.button(f"Retry all {app.plural(jobs + posts, 'failed item')}", key="retry-all", type="primary"):

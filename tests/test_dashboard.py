@@ -16,7 +16,7 @@ from streamlit.proto.TextInput_pb2 import TextInput as TextInputProto
 from streamlit.testing.v1 import AppTest
 
 from conftest import FACES_DIR
-from test_dashboard_support import (FAMILY, PASSWORD, dashboard_environment, filled_db,  # noqa: F401
+from test_dashboard_support import (FAMILY, NEWS, PASSWORD, dashboard_environment, filled_db,  # noqa: F401
                                     filled_template)
 
 APP = Path(__file__).resolve().parents[1] / "dashboard.py"
@@ -217,6 +217,23 @@ def test_chats_show_progress_and_pause_and_resume(db):
     at.button(key="pause_resume").click().run()
     assert db.execute("SELECT state FROM scan_checkpoints WHERE id = %s", (family,)).fetchone() == ("active",)
     assert actions(db) == []                            # nothing for Telegram
+
+
+def test_stop_watching_a_chat_keeps_its_data_and_is_audited(db):
+    news = db.execute("SELECT id, account_id FROM scan_checkpoints WHERE chat_id = %s", (NEWS,)).fetchone()
+    faces = db.execute("SELECT count(*) FROM face_embeddings").fetchone()
+    at = signed_in("chats")
+    at.selectbox(key="remove_chat").select(news[0]).run()
+    assert at.button(key="remove_chat_go").disabled            # not before the confirmation
+    at.checkbox(key="remove_chat_confirm").check().run()
+    at.button(key="remove_chat_go").click().run()
+    assert db.execute("SELECT state FROM scan_checkpoints WHERE id = %s", (news[0],)).fetchone() == ("removed",)
+    assert db.execute("SELECT count(*) FROM media_jobs WHERE source_chat_id = %s AND status IN ('queued', 'staged')",
+                      (NEWS,)).fetchone() == (0,)
+    assert db.execute("SELECT count(*) FROM face_embeddings").fetchone() == faces      # its data stays
+    [(action, summary)] = db.execute("SELECT action, summary FROM dashboard_audit WHERE action = 'stop_watching'").fetchall()
+    assert summary.startswith("Stopped watching News pictures: 1 watch record(s) removed")
+    db.execute("UPDATE scan_checkpoints SET state = 'active' WHERE id = %s", (news[0],))   # as it was
 
 
 def test_add_a_chat_records_the_same_request_as_add_chat_py(db):

@@ -149,7 +149,9 @@ def test_the_errors_page_queues_failed_work_again(dashboard_db):
     at = signed_in("errors")
     labels = [b.label for b in at.button]
     assert "Retry 1 job that failed with MediaError" in labels and "Retry all 1 failed item" in labels
-    [job] = db.execute("SELECT id FROM media_jobs WHERE status = 'failed'").fetchall()
+    [(job, chat)] = db.execute("SELECT id, source_chat_id FROM media_jobs WHERE status = 'failed'").fetchall()
+    assert f"Retry 1 failed item from chat {chat}" in labels                   # by chat too
+    job = (job,)
     next(b for b in at.button if b.label.startswith("Retry 1 job")).click().run()
     assert not at.exception
     assert "1 failed job(s) and 0 failed post(s) queued again." in [s.value for s in at.success]
