@@ -9,7 +9,7 @@ import asyncio
 import pytest
 
 from media_fixtures import faces_dir
-from server_harness import ServerHarness, eventually
+from server_harness import ServerHarness, eventually, run_components
 
 FACES = faces_dir()
 A, B = "+15550001", "+15550002"
@@ -21,20 +21,6 @@ async def h(tmp_path, pool):
     harness = ServerHarness(tmp_path, pool)
     yield harness
     await harness.close()
-
-
-async def run_components(service):
-    """Run a service's components in the background; returns stop() for the test."""
-    async def runner() -> None:
-        async with asyncio.TaskGroup() as tg:
-            for name, run, _ in service.components():
-                tg.create_task(run(), name=name)
-    task = asyncio.create_task(runner())
-
-    async def stop() -> None:
-        service.stop()
-        await asyncio.wait_for(task, 10)
-    return stop
 
 
 async def jobs(pool, chat_id: int) -> list[tuple[int, str]]:
@@ -66,7 +52,7 @@ async def test_a_sweep_follows_telethons_own_reconnect(h, pool):
     h.server.post(chat, h.server.photo(FACES / PHOTOS[0]), deliver=False)
     await h.watch(a, chat)
     service = await h.service(sweep_interval=3600)   # no sweep but the ones reconnects ask for
-    stop = await run_components(service)
+    _, stop = await run_components(service)
     try:
         await eventually(lambda: realtime(pool, chat), what="the backfill")
         live = h.server.post(chat, h.server.photo(FACES / PHOTOS[1]))
@@ -99,7 +85,7 @@ async def test_a_basic_group_that_becomes_a_supergroup_is_followed_there(h, pool
     await h.watch(a, group)
     await h.watch(b, group)
     service = await h.service(sweep_interval=3600)
-    stop = await run_components(service)
+    _, stop = await run_components(service)
     try:
         await eventually(lambda: len_is(pool, group, 4), what="both accounts' backfill")
         live = h.server.post(group, keys[2])                   # {phone: its id for that account}
