@@ -18,7 +18,6 @@ person in it, none twice, no job or post `failed`.
 from __future__ import annotations
 
 import random
-import re
 import time
 from collections import Counter
 
