@@ -108,8 +108,7 @@ import time
 from pathlib import Path
 
 import psycopg
-from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.conninfo import conninfo_to_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
@@ -117,7 +116,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 import database  # noqa: E402
 from identity_matcher import IdentityMatcher, MatchParams  # noqa: E402
 from lfw_embeddings import DEFAULT_LFW  # noqa: E402
-from replay import detected, replay  # noqa: E402
+from replay import fresh_database, photo_inputs, replay  # noqa: E402
 from tune_persons import Data, average_linkage_ceiling, fmt, order, scores  # noqa: E402
 
 
@@ -126,8 +125,7 @@ async def run_order(conninfo: str, data: Data, photos, params: MatchParams) -> d
     pool = database.async_pool(conninfo, min_size=1, max_size=2)
     await pool.open(wait=True)
     try:
-        inputs = [[(i, detected(data.emb[i], data.bbox[i], data.quality[i]))
-                   for i in data.faces_of[int(ph)]] for ph in photos]
+        inputs = photo_inputs(data, photos)
         start = time.perf_counter()
         result = await replay(pool, IdentityMatcher(params), inputs)
         wall = time.perf_counter() - start
@@ -238,12 +236,7 @@ def import_order(base: Path, admin: str, data: Data, photos, seed: int, lfw: Pat
     """Deliver 1 of issue 14: the photos through `main.py import`, scored from the database."""
     n = len(photos)
     name = f"import_{seed}_{n}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    conninfo = make_conninfo(**(conninfo_to_dict(admin) | {"dbname": name}))
-    database.migrate(conninfo)
-    database.ensure_engine(conninfo, "dlib", 128)
+    conninfo = fresh_database(admin, name)
     export = build_export(base / f"export_{seed}_{n}", lfw, [str(data.files[ph]) for ph in photos])
     wall, stdout = run_import(base, conninfo, export, workers)
     person_of, states = imported_persons(conninfo, n)
@@ -307,12 +300,7 @@ def main(argv: list[str] | None = None) -> int:
         admin = server.get_uri("postgres")
         for seed in [int(s) for s in args.orders.split(",")]:
             name = f"persons_{seed}_{n}"
-            with psycopg.connect(admin, autocommit=True) as conn:
-                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
-                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-            conninfo = make_conninfo(**(conninfo_to_dict(admin) | {"dbname": name}))
-            database.migrate(conninfo)
-            database.ensure_engine(conninfo, "dlib", 128)
+            conninfo = fresh_database(admin, name)
             photos = order(len(data.centred), n, seed)
             if args.no_replay:
                 import_order(base, admin, data, photos, seed, args.lfw, args.import_workers, None)

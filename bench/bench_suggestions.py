@@ -41,8 +41,6 @@ from pathlib import Path
 import numpy as np
 import psycopg
 from pgvector.psycopg import register_vector
-from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
@@ -51,20 +49,10 @@ import database  # noqa: E402
 import recluster  # noqa: E402
 import suggestions  # noqa: E402
 from identity_matcher import IdentityMatcher, MatchParams  # noqa: E402
-from replay import detected, replay  # noqa: E402
+from replay import fresh_database, photo_inputs, replay  # noqa: E402
 from tune_persons import Data, fmt, order, scores  # noqa: E402
 
 CHAT = -1001234000555
-
-
-def fresh(admin: str, name: str) -> str:
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    conninfo = make_conninfo(**(conninfo_to_dict(admin) | {"dbname": name}))
-    database.migrate(conninfo)
-    database.ensure_engine(conninfo, "dlib", 128)
-    return conninfo
 
 
 async def passes(conninfo: str, params: MatchParams) -> None:
@@ -91,8 +79,7 @@ async def replayed(conninfo: str, data: Data, photos, params: MatchParams) -> No
     pool = database.async_pool(conninfo, min_size=1, max_size=2)
     await pool.open(wait=True)
     try:
-        inputs = [[(i, detected(data.emb[i], data.bbox[i], data.quality[i]))
-                   for i in data.faces_of[int(ph)]] for ph in photos]
+        inputs = photo_inputs(data, photos)
         start = time.perf_counter()
         result = await replay(pool, IdentityMatcher(params), inputs)
         print(f"  replayed {len(photos)} photos in {time.perf_counter() - start:.0f} s", flush=True)
@@ -172,14 +159,14 @@ def main(argv: list[str] | None = None) -> int:
         admin = server.get_uri("postgres")
         if not args.skip_replay:
             print(f"1. {n} photos replayed through the matcher (order 1):", flush=True)
-            conninfo = fresh(admin, "replayed")
+            conninfo = fresh_database(admin, "replayed")
             asyncio.run(replayed(conninfo, data, photos, params))
             asyncio.run(passes(conninfo, params))
             with psycopg.connect(conninfo) as conn:
                 report = recluster.recluster(conn, params, dry_run=True)
             print("  recluster --dry-run: " + summary(report), flush=True)
         print(f"2. {n} photos, identities chained two by two into persons (direct inserts):", flush=True)
-        conninfo = fresh(admin, "chained")
+        conninfo = fresh_database(admin, "chained")
         face_index = chained(conninfo, data, photos)
         print(f"  before: {chained_scores(conninfo, data, photos, face_index)}", flush=True)
         asyncio.run(passes(conninfo, params))

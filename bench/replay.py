@@ -12,7 +12,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+import database
 from database import queries
 from identity_matcher import IdentityMatcher
 from media_processor import DetectedFace
@@ -32,6 +36,23 @@ def detected(embedding: np.ndarray, bbox: Sequence[float], quality: float) -> De
                         landmarks=np.zeros((5, 2), np.float32), det_score=1.0,
                         embedding=np.asarray(embedding, np.float32), quality=float(quality),
                         crop_jpeg=b"")
+
+
+def photo_inputs(data, photos) -> list[list[tuple[int, DetectedFace]]]:
+    """The analysed faces of `photos` (indices into a bench/tune_persons.py `Data`), as `replay` takes them."""
+    return [[(i, detected(data.emb[i], data.bbox[i], data.quality[i])) for i in data.faces_of[int(ph)]]
+            for ph in photos]
+
+
+def fresh_database(admin: str, name: str) -> str:
+    """Database `name` made anew on the server of `admin`, migrated, recorded as dlib's; its conninfo."""
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    conninfo = make_conninfo(**(conninfo_to_dict(admin) | {"dbname": name}))
+    database.migrate(conninfo)
+    database.ensure_engine(conninfo, "dlib", 128)
+    return conninfo
 
 
 async def replay(pool, matcher: IdentityMatcher,
