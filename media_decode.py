@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 ImageInput = Union[bytes, bytearray, memoryview, str, os.PathLike, np.ndarray]
 
 DEFAULT_MAX_PIXELS = 100_000_000
+PREVIEW_SIDE = 640   # the long side of a photo's stored preview (media_previews)
 
 # Only formats a Telegram photo or image document plausibly uses. Pillow can open many more,
 # but some of its plugins are attack surface we don't need (EPS runs Ghostscript) and the rest
@@ -111,6 +112,18 @@ def load_image(image: ImageInput, *, max_pixels: int = DEFAULT_MAX_PIXELS,
         return _decode(io.BytesIO(bytes(image)), max_pixels=max_pixels, label=name or "<bytes>")
     with open(image, "rb") as handle:  # OSError (missing file, no permission) propagates
         return _decode(handle, max_pixels=max_pixels, label=name or str(image))
+
+
+def preview_jpeg(path: str | os.PathLike, *, side: int = PREVIEW_SIDE,
+                 max_pixels: int = DEFAULT_MAX_PIXELS) -> bytes:
+    """A small upright JPEG of a photo (long side at most `side`): what the dashboard shows of
+    the whole photo once the file is gone. Decoded with `load_image`'s checks; `MediaError` or
+    `OSError` as it raises them."""
+    im = Image.fromarray(load_image(path, max_pixels=max_pixels))
+    im.thumbnail((side, side), Image.Resampling.LANCZOS)
+    out = io.BytesIO()
+    im.save(out, format="JPEG", quality=80, optimize=True)
+    return out.getvalue()
 
 
 def _decode(handle: BinaryIO, *, max_pixels: int, label: str) -> np.ndarray:
