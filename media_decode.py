@@ -119,14 +119,18 @@ def preview_jpeg(path: str | os.PathLike, *, side: int = PREVIEW_SIDE,
     """A small upright JPEG of a photo (long side at most `side`): what the dashboard shows of
     the whole photo once the file is gone. Decoded with `load_image`'s checks; `MediaError` or
     `OSError` as it raises them."""
-    im = Image.fromarray(load_image(path, max_pixels=max_pixels))
+    with open(path, "rb") as handle:
+        # draft: a JPEG is decoded at 1/2, 1/4 or 1/8 of its size straight away (no full-size
+        # pixels in memory, in the daemon's own process)
+        im = Image.fromarray(_decode(handle, max_pixels=max_pixels, label=str(path), draft=(side, side)))
     im.thumbnail((side, side), Image.Resampling.LANCZOS)
     out = io.BytesIO()
     im.save(out, format="JPEG", quality=80, optimize=True)
     return out.getvalue()
 
 
-def _decode(handle: BinaryIO, *, max_pixels: int, label: str) -> np.ndarray:
+def _decode(handle: BinaryIO, *, max_pixels: int, label: str,
+            draft: tuple[int, int] | None = None) -> np.ndarray:
     head = handle.read(_HEAD_BYTES)
     if not head:
         raise MediaError(f"{label}: the file is empty (0 bytes)")
@@ -151,6 +155,8 @@ def _decode(handle: BinaryIO, *, max_pixels: int, label: str) -> np.ndarray:
                 f"{label}: {width}x{height} = {width * height / 1e6:.0f} megapixels exceeds the "
                 f"limit of {max_pixels / 1e6:.0f} megapixels (decompression bomb or oversized)")
         try:
+            if draft is not None:
+                im.draft("RGB", draft)
             im.load()
         except MemoryError:
             raise

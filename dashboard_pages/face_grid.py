@@ -4,8 +4,8 @@ A click on a face selects it (or unselects it); dragging over faces, or a click 
 shift-click, selects every face in that box. With "Range" on, two clicks select a run of faces
 in reading order (the grid's order, best first): the first click marks where it starts, the
 second where it ends, and every face between them is selected (a box cannot say that: the grid
-reports a box's cells, not which corner the gesture started from). The selection is kept in the same session keys
-the tiles' checkboxes use (`face_key`), so the two views, select all / invert and the actions
+reports a box's cells, not which corner the gesture started from). The selection is kept in
+the same session keys the tiles' checkboxes use (`face_key`), so the two views, select all / invert and the actions
 next to the faces all see one selection. Selected faces are drawn with a frame.
 
 The grid is an `st.dataframe` of picture cells with cell selection: one rerun per gesture,
@@ -57,7 +57,8 @@ def _picture(crop: bytes, framed: bool) -> str:
 
 
 def _apply(person_id: int, faces: list[dict[str, Any]], per_row: int, cells: list) -> None:
-    """What a gesture on the grid selects: one cell toggles its face, a box selects its faces."""
+    """What a gesture on the grid selects: one cell toggles its face (with "Range" on: marks the
+    start of a run, or selects the run from there), a box selects its faces."""
     picked = [faces[r * per_row + int(c) - 1]["id"] for r, c in cells
               if 0 <= r * per_row + int(c) - 1 < len(faces)]
     ids = [f["id"] for f in faces]
