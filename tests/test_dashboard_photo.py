@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import io
 
+import pytest
 from PIL import Image
 
+from media_decode import MediaError, preview_jpeg
+from media_fixtures import faces_dir, png_bomb
 from test_dashboard import biden, db, faces_of, signed_in  # noqa: F401
 from test_dashboard_faces import images
 from test_dashboard_support import filled_db, filled_template  # noqa: F401
@@ -60,3 +63,19 @@ def test_retention_of_a_pending_face_deletes_the_copy_of_its_photo(db):  # noqa:
     with db.transaction():
         db.execute(queries.retention_pending_faces, {"days": 180})
     assert previews(db, [media]) == 0
+
+
+def test_the_kept_copy_is_upright_small_and_refuses_a_bomb(tmp_path):
+    """Stored sideways with an EXIF tag (as a phone writes it): the copy is upright, as the crops
+    are, 640 px on its long side; a decompression bomb is refused before any pixel is decoded."""
+    upright = Image.open(faces_dir() / "barack_obama_01.jpg").convert("RGB")     # 910 x 1137
+    exif = Image.Exif()
+    exif[0x0112] = 6                                   # "turn 90° clockwise to view"
+    sideways = tmp_path / "sideways.jpg"
+    upright.rotate(90, expand=True).save(sideways, format="JPEG", quality=92, exif=exif)
+    with Image.open(io.BytesIO(preview_jpeg(sideways))) as copy:
+        assert copy.size == (512, 640)
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(png_bomb())
+    with pytest.raises(MediaError, match="decompression bomb"):
+        preview_jpeg(bomb)
