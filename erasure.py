@@ -3,7 +3,9 @@
 
 In one transaction, under the identity matcher's lock:
 - the person's faces go: embeddings, crops, rejections, and the faces waiting for review with the
-  person among their candidates; its merge suggestions go;
+  person among their candidates; the small copies kept of the photos they are in go with them
+  (media_previews: a trigger drops a photo's copy whenever one of its faces is deleted); its merge
+  suggestions go;
 - its posts are withdrawn: due ones cancelled, posted ones deleted from its topic through the
   action queue (`delete_posts`), and the topic is renamed to a neutral title and closed
   (`rename_topic`, `hide_person`), by the daemon, as soon as it can;

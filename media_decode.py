@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 ImageInput = Union[bytes, bytearray, memoryview, str, os.PathLike, np.ndarray]
 
 DEFAULT_MAX_PIXELS = 100_000_000
+PREVIEW_SIDE = 640   # the long side of a photo's stored preview (media_previews)
 
 # Only formats a Telegram photo or image document plausibly uses. Pillow can open many more,
 # but some of its plugins are attack surface we don't need (EPS runs Ghostscript) and the rest
@@ -113,7 +114,23 @@ def load_image(image: ImageInput, *, max_pixels: int = DEFAULT_MAX_PIXELS,
         return _decode(handle, max_pixels=max_pixels, label=name or str(image))
 
 
-def _decode(handle: BinaryIO, *, max_pixels: int, label: str) -> np.ndarray:
+def preview_jpeg(path: str | os.PathLike, *, side: int = PREVIEW_SIDE,
+                 max_pixels: int = DEFAULT_MAX_PIXELS) -> bytes:
+    """A small upright JPEG of a photo (long side at most `side`): what the dashboard shows of
+    the whole photo once the file is gone. Decoded with `load_image`'s checks; `MediaError` or
+    `OSError` as it raises them."""
+    with open(path, "rb") as handle:
+        # draft: a JPEG is decoded at 1/2, 1/4 or 1/8 of its size straight away (no full-size
+        # pixels in memory, in the daemon's own process)
+        im = Image.fromarray(_decode(handle, max_pixels=max_pixels, label=str(path), draft=(side, side)))
+    im.thumbnail((side, side), Image.Resampling.LANCZOS)
+    out = io.BytesIO()
+    im.save(out, format="JPEG", quality=80, optimize=True)
+    return out.getvalue()
+
+
+def _decode(handle: BinaryIO, *, max_pixels: int, label: str,
+            draft: tuple[int, int] | None = None) -> np.ndarray:
     head = handle.read(_HEAD_BYTES)
     if not head:
         raise MediaError(f"{label}: the file is empty (0 bytes)")
@@ -138,6 +155,8 @@ def _decode(handle: BinaryIO, *, max_pixels: int, label: str) -> np.ndarray:
                 f"{label}: {width}x{height} = {width * height / 1e6:.0f} megapixels exceeds the "
                 f"limit of {max_pixels / 1e6:.0f} megapixels (decompression bomb or oversized)")
         try:
+            if draft is not None:
+                im.draft("RGB", draft)
             im.load()
         except MemoryError:
             raise

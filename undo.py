@@ -11,8 +11,10 @@ those rows before and after the correction and keeps the rows that changed, with
 `undo` is safe only while nothing since has changed what the correction changed: every face it
 moved is still where it put it, no person it touched has been merged away or deleted, what it
 changed about a person (name, hidden, cover) and a suggestion's answer are as it left them.
-Otherwise it refuses, naming what changed (undo the later change first). Faces that joined a
-person since stay where they are.
+Otherwise it refuses, naming what changed (undo the later change first). Faces the matcher put
+into its persons since (a merged person grows with both people's faces) are decided again
+between the persons the undo leaves, by the matcher's own rule, and the operator is told where
+they went; faces the operator placed since stay where they are (`_rehome_later_faces`).
 
 What Telegram must be told follows from the requests (`dashboard_actions`) the correction made:
 - not applied yet: deleted, Telegram never hears of them (a request the daemon is applying at
@@ -141,6 +143,9 @@ def capture(conn: psycopg.Connection, action: str, fn: Callable[..., T], *args: 
     after = _snapshot(conn, Scope(scope.persons | made, scope.faces | {int(k) for k in before["faces"]},
                                   scope.suggestions))
     record = _diff(before, after)
+    # The faces its persons hold right after it: those that join them later are not its (undo
+    # re-decides them, _rehome_later_faces).
+    record["members"] = sorted(int(k) for k, row in after["faces"].items() if row["topic_id"] is not None)
     record["actions"] = [r[0] for r in conn.execute(queries.undo_actions_recorded, {"after_id": first_action})]
     return result, record
 
@@ -258,6 +263,7 @@ def undo(conn: psycopg.Connection, record: dict[str, Any]) -> dict[str, Any]:
                 withdraw.setdefault(current["topic_id"], []).append(current["id"])
         conn.execute(queries.undo_restore_uploads, {"rows": Jsonb(restore)})
         conn.execute(queries.undo_cancel_uploads, {"upload_ids": drop})
+        later = _rehome_later_faces(conn, record, withdraw)
 
         # Telegram: requests not applied yet are withdrawn, applied ones answered.
         restored = {r[0]: r[1] for r in conn.execute(queries.undo_lock_persons, {
@@ -291,4 +297,44 @@ def undo(conn: psycopg.Connection, record: dict[str, Any]) -> dict[str, Any]:
         new_ids = [conn.execute(queries.persons_record_action, {"action": kind, "payload": Jsonb(payload)}).fetchone()[0]
                    for kind, payload in requested]
     logger.info("undid a correction: %d request(s) for Telegram withdrawn, %d made", len(withdrawn), len(new_ids))
-    return {"withdrawn": withdrawn, "requested": new_ids}
+    return {"withdrawn": withdrawn, "requested": new_ids} | later
+
+
+def _rehome_later_faces(conn: psycopg.Connection, record: dict[str, Any],
+                        withdraw: dict[int, list[int]]) -> dict[str, Any]:
+    """The faces the matcher put into the change's persons after it (a merged person grows with
+    faces of both people): not the change's, so not simply left where it put them. Each is decided
+    again between the persons the undo leaves, by the matcher's rule (average linkage: it goes to
+    the one whose faces it is most like as a whole); one in a person the undo removes, with no
+    person left to go to, waits in the pending pool. Faces the operator placed since stay: facts.
+    Their posts follow them (`withdraw` gets the posted ones to delete). Returns
+    {"later_faces": [[face, from, to], …], "later_note": what the operator is told}."""
+    if "members" not in record:   # recorded before the undo knew a change's faces
+        return {}
+    touched = sorted({int(k) for k, _, _ in record["persons"]})
+    made = {int(k) for k, b, a in record["persons"] if b is None and a is not None}
+    now = {r[0]: r[1] for r in conn.execute(queries.undo_lock_persons, {"person_ids": touched})}
+    candidates = sorted(p for p, row in now.items() if row["merged_into"] is None and p not in made)
+    moves: list[tuple[int, int, int | None, int | None, float | None]] = []
+    for face, person, media, best, similarity in conn.execute(queries.undo_later_faces, {
+            "person_ids": touched, "members": record["members"], "candidate_ids": candidates}).fetchall():
+        target = best if best is not None else (None if person in made else person)
+        if target != person:
+            moves.append((face, person, target, media, similarity if target is not None else None))
+    if not moves:
+        return {}
+    conn.execute(queries.undo_rehome_faces, {"face_ids": [m[0] for m in moves], "person_ids": [m[2] for m in moves],
+                                             "similarities": [m[4] for m in moves]})
+    for person in sorted({m[1] for m in moves}):
+        media = sorted({m[3] for m in moves if m[1] == person and m[3] is not None})
+        posted = [r[0] for r in conn.execute(queries.persons_withdraw_posts, {"person_id": person,
+                                                                              "media_item_ids": media})]
+        withdraw.setdefault(person, []).extend(posted)
+    for person in sorted({m[2] for m in moves if m[2] is not None}):
+        conn.execute(queries.persons_insert_due, {"person_id": person, "media_item_ids": sorted(
+            {m[3] for m in moves if m[2] == person and m[3] is not None})})
+    went = [(to, sum(1 for m in moves if m[2] == to)) for to in dict.fromkeys(m[2] for m in moves)]
+    note = "; ".join(f"{n} face{'s' if n > 1 else ''} that joined since "
+                     + (f"went to {_label(now.get(to), to)}, whose faces {'they are' if n > 1 else 'it is'} more like"
+                        if to is not None else f"wait{'' if n > 1 else 's'} in the pending pool") for to, n in went)
+    return {"later_faces": [[m[0], m[1], m[2]] for m in moves], "later_note": note[0].upper() + note[1:] + "."}

@@ -32,6 +32,7 @@ import psycopg
 from database import queries
 from job_queue import (CONFLICT, DB_UNAVAILABLE, Job, JobQueue, LeaseLost, describe_error, fetch_one,
                        first_line, media_item_params, record_error)
+from media_decode import MediaError, preview_jpeg, read_head, sniff_kind
 from queue_metrics import QueueStats, report_metrics
 from retry_policy import JobSkipped, PermanentJobError, RetryPolicy
 from staging_cleanup import remove_orphaned_files
@@ -247,10 +248,25 @@ class WorkerPool(Stoppable):
         t0 = time.monotonic()
         faces = await self.analyser.analyse(job.staged_path, job.kind)
         self.stats.analysis_ms += int((time.monotonic() - t0) * 1000)
+        preview = await self._preview(job) if faces else None
         # Once the faces are found, storing them is not interrupted by a shutdown: the work is done.
-        summary = await asyncio.shield(self._store(job, faces))
+        summary = await asyncio.shield(self._store(job, faces, preview))
         self._remove_staged(job)
         return summary
+
+    async def _preview(self, job: Job) -> bytes | None:
+        """A small copy of the photo, kept with its faces (the file is removed once analysed): the
+        dashboard shows a face's whole photo from it. None for a video, or a photo that cannot be
+        read again: the faces are found, and a missing preview costs only the picture."""
+        try:
+            kind = sniff_kind(await asyncio.to_thread(read_head, job.staged_path)) or job.kind
+            if kind != "photo":
+                return None
+            return await asyncio.to_thread(preview_jpeg, job.staged_path)
+        except (MediaError, OSError) as exc:
+            logger.warning("%s: no preview of the photo is kept (%s); its faces are stored all the same",
+                           job, first_line(exc))
+            return None
 
     async def _staged_file_missing(self, job: Job) -> str:
         if not job.staged_owned or job.account_id is None:
@@ -261,20 +277,20 @@ class WorkerPool(Stoppable):
         await self.queue.requeue_download(job)
         return "sent back to be downloaded again (its file was missing)"
 
-    async def _store(self, job: Job, faces: list[Any]) -> str:
+    async def _store(self, job: Job, faces: list[Any], preview: bytes | None = None) -> str:
         """`_store_once`, run again at once if PostgreSQL broke a deadlock with another worker by
         rolling it back (nothing of it was written), rather than waiting out the job's lease."""
         for attempt in range(1, STORE_ATTEMPTS):
             try:
-                return await self._store_once(job, faces)
+                return await self._store_once(job, faces, preview)
             except CONFLICT as exc:
                 logger.info("%s: storing conflicted with another worker (%s); again, attempt %d",
                             job, first_line(exc), attempt + 1)
                 await asyncio.sleep(random.uniform(0.01, 0.1) * attempt)
-        return await self._store_once(job, faces)   # the last attempt: a conflict is raised
+        return await self._store_once(job, faces, preview)   # the last attempt: a conflict is raised
 
-    async def _store_once(self, job: Job, faces: list[Any]) -> str:
-        """The job's faces, persons, outbox rows and status, in one transaction."""
+    async def _store_once(self, job: Job, faces: list[Any], preview: bytes | None = None) -> str:
+        """The job's faces, persons, outbox rows, photo preview and status, in one transaction."""
         async with self.queue.pool.connection() as conn, conn.transaction():
             if not await fetch_one(conn, queries.queue_lock_own_job, {"job_id": job.id, "owner": self.queue.owner}):
                 raise LeaseLost(str(job))
@@ -286,6 +302,8 @@ class WorkerPool(Stoppable):
                 self.stats.jobs_done += 1
                 return "done: a job with the same media finished first"
             result = await self.matcher.assign(conn, item_id, faces, job_id=job.id)
+            if preview is not None:
+                await conn.execute(queries.queue_store_preview, {"media_item_id": item_id, "preview_jpeg": preview})
             await conn.execute(queries.queue_mark_media_analysed,
                                {"media_item_id": item_id, "face_count": len(faces)})
             await self.queue.finish(job, media_item_id=item_id, conn=conn)

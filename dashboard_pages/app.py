@@ -137,7 +137,7 @@ def change(fn: Callable[..., T], *args: Any, summary: str | Callable[[T], str] =
 
 def undo_change(entry_id: int) -> str:
     """Undo the change of audit entry `entry_id` (see undo.py), audited itself; return the
-    undone change's summary (plain text). Raises undo.UndoRefused with the reason when it cannot be undone."""
+    undone change's summary (plain text), with where faces that joined since went. Raises undo.UndoRefused with the reason when it cannot be undone."""
     import undo
     from dashboard_pages import audit
 
@@ -150,8 +150,9 @@ def undo_change(entry_id: int) -> str:
         if entry["undone_by"] is not None:
             raise undo.UndoRefused("this change was undone already.")
         done = undo.undo(conn, entry["details"]["undo"])
-        audit.record(conn, "undo", f"Undone: {entry['summary']}", undoes=entry_id, **done)
-    return entry["summary"]
+        said = entry["summary"] + (f" {done['later_note']}" if done.get("later_note") else "")
+        audit.record(conn, "undo", f"Undone: {said}", undoes=entry_id, **done)
+    return said
 
 
 def _undo_clicked(entry_id: int) -> None:

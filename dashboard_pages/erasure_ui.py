@@ -20,8 +20,8 @@ def forget(person: dict[str, Any]) -> None:
     with st.expander("Forget this person (erasure request)", icon=":material/delete_forever:"):
         st.markdown(
             "For a request to be removed from the archive. **This cannot be undone.**\n"
-            f"- Deleted at once: {app.plural(person['faces'], 'face')} (their crops and embeddings), the "
-            "faces in review that name this person as a candidate, its name and its merge suggestions.\n"
+            f"- Deleted at once: {app.plural(person['faces'], 'face')} (their crops and embeddings, and the "
+            "small copies kept of the photos they are in), the faces in review that name this person as a candidate, its name and its merge suggestions.\n"
             f"- On Telegram, by the daemon: its {app.plural(person['posts'], 'post')} in the hub "
             f"{app.verb(person['posts'], 'is', 'are')} deleted and its topic is renamed "
             f"“{erasure.ERASED_LABEL}” and closed; posts not sent yet are cancelled.\n"

@@ -111,7 +111,7 @@ if not faces:
 else:
     ids = [f["id"] for f in faces]
     ticked = any(st.session_state.get(face_key(i)) for i in ids)
-    bar = st.columns([2, 1, 1, 1, 3], vertical_alignment="center")
+    bar = st.columns([2, 1, 1, 1, 1, 3], vertical_alignment="center")
     view = bar[0].segmented_control("View", list(VIEWS), format_func=VIEWS.get, default="grid",
                                     key=f"faces_view_{person_id}", label_visibility="collapsed") or "grid"
     bar[1].button("Select all", key=f"select_all_{person_id}", on_click=select, args=(ids, True))
@@ -119,11 +119,15 @@ else:
                   disabled=not ticked)
     bar[3].button("Invert", key=f"select_invert_{person_id}", on_click=lambda: [
         select([i], not st.session_state.get(face_key(i))) for i in ids])
-    count = bar[4].empty()   # filled once the grid has applied the latest click
+    count = bar[5].empty()   # filled once the grid has applied the latest click
     if view == "grid":
+        bar[4].toggle("Range", key=face_grid.range_key(person_id),
+                      help="Click the first face of a run, then the last: every face between them "
+                           "(in reading order, as the faces are ranked) is selected.")
         st.caption("Click the faces that are not this person (or the ones that are, and “keep only "
                    "the selected”); drag over faces, or click one and shift-click another, to select "
-                   "every face in between. Then say where they go, right below.")
+                   "the box between them; with “Range” on, click a first and a last face to select "
+                   "every face between them in reading order. Then say where they go, right below.")
         face_grid.grid(person_id, faces, FACES_PER_ROW)
     else:
         tiles()

@@ -49,8 +49,8 @@ def person_tile(column, person: dict, caption: str = "", faces: list[bytes] | No
 
 
 def whole_photo(face_id: int) -> None:
-    """The photo a face in review was found in, or, where the file is gone (a download is removed
-    once analysed), the other faces found in it."""
+    """The photo a face in review was found in; where the file is gone (a download is removed
+    once analysed), the small copy kept at analysis (media_previews); and the other faces in it."""
     photo = app.one(queries.review_photo, {"face_id": face_id})
     if photo is None:
         return
@@ -59,6 +59,9 @@ def whole_photo(face_id: int) -> None:
         if photo["media_type"] in ("photo", "image") and path is not None and path.is_file() \
                 and path.stat().st_size <= PHOTO_MAX_BYTES:
             st.image(str(path), width="stretch")
+        elif photo["preview"]:
+            st.image(bytes(photo["preview"]), width="stretch")
+            st.caption("A small copy kept when it was analysed (the file is not kept).")
         else:
             st.caption("The file is not kept on this machine: open the message to see it whole.")
         if photo["other_faces"]:

@@ -175,6 +175,14 @@ SELECT id, status FROM media_items WHERE media_key = %(media_key)s FOR UPDATE;
 UPDATE media_items SET status = 'analysed', face_count = %(face_count)s, analysed_at = now()
 WHERE id = %(media_item_id)s;
 
+-- name: queue_store_preview
+-- The small copy of the photo media item %(media_item_id)s (migrations/0009), kept only if a face
+-- of it was stored (a photo nobody is found in needs no picture), in the faces' transaction.
+INSERT INTO media_previews (media_item_id, preview_jpeg)
+SELECT %(media_item_id)s, %(preview_jpeg)s
+WHERE EXISTS (SELECT 1 FROM face_embeddings WHERE media_item_id = %(media_item_id)s)
+ON CONFLICT (media_item_id) DO UPDATE SET preview_jpeg = EXCLUDED.preview_jpeg, created_at = now();
+
 -- name: queue_mark_media_failed
 -- The media itself is bad (not readable as a photo or video): other copies need no analysis.
 UPDATE media_items SET status = 'failed', analysed_at = now() WHERE id = %(media_item_id)s;

@@ -16,8 +16,9 @@ ORDER BY r.topic_id, r.rank;
 
 -- name: review_photo
 -- The whole photo face %(face_id)s was found in: the file it was analysed from (an export's
--- file stays where it is; a download is removed once analysed) and the other faces in it.
-SELECT m.media_type,
+-- file stays where it is; a download is removed once analysed), the small copy kept at analysis
+-- (media_previews) and the other faces in it.
+SELECT m.media_type, (SELECT p.preview_jpeg FROM media_previews p WHERE p.media_item_id = m.id) AS preview,
        (SELECT j.staged_path FROM media_jobs j WHERE j.media_item_id = m.id AND j.staged_path IS NOT NULL
         ORDER BY j.id DESC LIMIT 1) AS path,
        (SELECT coalesce(array_agg(g.crop_jpeg ORDER BY g.id), ARRAY[]::bytea[]) FROM face_embeddings g

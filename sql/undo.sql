@@ -169,3 +169,36 @@ SELECT a.id FROM dashboard_audit a
 WHERE a.id = ANY(%(audit_ids)s::bigint[]) AND a.details ? 'undo'
   AND NOT EXISTS (SELECT 1 FROM dashboard_audit u
                   WHERE u.action = 'undo' AND u.details->>'undoes' = a.id::text);
+
+-- name: undo_later_faces
+-- Faces the matcher placed (not the operator) in persons %(person_ids)s since the change: not
+-- among %(members)s, the faces those persons had right after it. Each with the person of
+-- %(candidate_ids)s whose other faces it is most like as a whole (average linkage: its inner
+-- product with their mean, the matcher's joining rule), or NULL where none has a face.
+WITH later AS (
+    SELECT f.id, f.topic_id, f.media_item_id, f.embedding FROM face_embeddings f
+    WHERE f.topic_id = ANY(%(person_ids)s::integer[]) AND NOT (f.id = ANY(%(members)s::bigint[]))
+      AND f.state = 'assigned' AND f.assigned_by IS DISTINCT FROM 'operator'
+    FOR UPDATE OF f
+), means AS (
+    SELECT f.topic_id AS person_id, avg(f.embedding) AS mean FROM face_embeddings f
+    WHERE f.topic_id = ANY(%(candidate_ids)s::integer[]) AND f.id NOT IN (SELECT id FROM later)
+    GROUP BY f.topic_id
+)
+SELECT l.id, l.topic_id, l.media_item_id, best.person_id, best.linkage
+FROM later l LEFT JOIN LATERAL (
+    SELECT m.person_id, -(l.embedding <#> m.mean) AS linkage FROM means m
+    ORDER BY l.embedding <#> m.mean, m.person_id LIMIT 1
+) best ON TRUE
+ORDER BY l.id;
+
+-- name: undo_rehome_faces
+-- Faces %(face_ids)s into persons %(person_ids)s (NULL: the pending pool), as the matcher would
+-- have placed them (assigned_by stays the matcher's: no operator fact is made).
+UPDATE face_embeddings f
+SET topic_id = u.person_id, state = CASE WHEN u.person_id IS NULL THEN 'pending' ELSE 'assigned' END,
+    assigned_by = CASE WHEN u.person_id IS NULL THEN NULL ELSE f.assigned_by END,
+    match_similarity = u.similarity
+FROM unnest(%(face_ids)s::bigint[], %(person_ids)s::integer[], %(similarities)s::real[])
+     AS u(id, person_id, similarity)
+WHERE f.id = u.id;

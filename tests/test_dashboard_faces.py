@@ -185,3 +185,34 @@ def test_review_splits_a_person_offered_and_reclusters_behind_a_confirmation(db)
     assert at.success[0].value.startswith("Re-decided ")
     assert db.execute("SELECT action FROM dashboard_audit ORDER BY id DESC LIMIT 1").fetchone() == (
         "recluster_persons",)
+
+
+def test_range_selects_every_face_between_two_clicks_in_reading_order(db):  # noqa: F811
+    person = biden(db)
+    [face] = faces_of(db, person)[:1]
+    db.execute("""INSERT INTO face_embeddings (topic_id, embedding, source_chat_id, source_message_id,
+                                               quality_score, state, crop_jpeg, media_item_id)
+                  SELECT topic_id, embedding, source_chat_id, source_message_id, quality_score * 0.5,
+                         state, crop_jpeg, media_item_id
+                  FROM face_embeddings, generate_series(1, 14) WHERE id = %s""", (face,))
+    faces = faces_of(db, person)                          # 19 faces: rows of 8, 8 and 3
+    other = persons(db)["Person 1"]
+    at = signed_in("person", person=str(person))
+    pick(at, db, person, faces[0])                        # a plain click, before the range
+    at.toggle(key=f"face_range_{person}").set_value(True).run()
+    assert "Range: click the first face of the run, then the last." in [c.value for c in at.caption]
+    pick(at, db, person, faces[13])                       # 2nd row, 6th face: where the run starts ...
+    assert f"Range from the 14th face (#{faces[13]}): click the last face." in [c.value for c in at.caption]
+    pick(at, db, person, faces[5])                        # ... 1st row, 6th face: where it ends (backwards)
+    # The run in reading order: the end of the 1st row and the start of the 2nd, not the box of
+    # columns 6 only that a drag between the two faces would select.
+    assert ticked(at, person) == sorted([faces[0]] + faces[5:14])
+    assert "10 of 19 selected" in [c.value for c in at.caption]
+    # The move takes exactly those faces.
+    at.radio(key=f"move_dest_{person}").set_value("other").run()
+    at.selectbox(key=f"move_target_{person}").select(other).run()
+    at.button(key=f"move_go_{person}").click().run()
+    assert sorted(faces[0:1] + faces[5:14]) == sorted(
+        r[0] for r in db.execute("SELECT id FROM face_embeddings WHERE topic_id = %s AND id = ANY(%s)",
+                                 (other, faces)))
+    assert sorted(faces_of(db, person)) == sorted(faces[1:5] + faces[14:])
