@@ -91,7 +91,7 @@ class AccountRegistry:
             except (OSError, asyncio.TimeoutError) as exc:
                 # Telegram unreachable right now: keep the client, run() connects it later.
                 logger.warning("account %s: cannot connect yet (%s); retrying in the background",
-                               account.id, exc)
+                               account.id, exc or type(exc).__name__)
         if not self._held:
             logger.warning("no Telegram account is usable; log one in with `python init_account.py`")
         return self.account_ids()
@@ -149,6 +149,13 @@ class AccountRegistry:
             if isinstance(exc, (errors.FloodWaitError, errors.FloodPremiumWaitError)):
                 await record_flood_wait(self.pool, account.id, exc.seconds, "checking the login")
             raise ConnectionError(f"Telegram did not say who the account is ({type(exc).__name__}: {exc})") from exc
+        except (OSError, asyncio.TimeoutError):
+            # connect() broke off after the connection was up (its get_me or updates.GetState
+            # unanswered or cut off): Telethon then looks connected but never started its update
+            # loop, and a second connect() returns at once ("already connected"). Disconnect, so
+            # that the next attempt is a whole connect; else no live update would ever be handled.
+            await _disconnect(client)
+            raise
         if me is None or isinstance(me, Exception):
             self._held.pop(account.id, None)
             await _disconnect(client)

@@ -69,6 +69,7 @@ class TelegramTuning:
     sweep_poll: float = 2.0                 # how often idle accounts look for due chats
     watched_refresh: float = 5.0            # how often the live handler reloads the watched chats
     account_check: float = 5.0              # how often lost connections are retried
+    connect_timeout: float = 60.0           # a connect (with its get_me and updates.GetState) longer is retried
     actions_poll: float = 2.0
     uploads_poll: float = 2.0
     offline_retry: float = 30.0             # a post cut off by a broken connection is tried again after
@@ -94,7 +95,8 @@ class TelegramService:
         self.pool = pool
         self.role = role
         self.tuning = tuning or TelegramTuning()
-        self.registry = AccountRegistry(settings, pool, client_factory, check_interval=self.tuning.account_check)
+        self.registry = AccountRegistry(settings, pool, client_factory, check_interval=self.tuning.account_check,
+                                       connect_timeout=self.tuning.connect_timeout)
         self.pacer = pacer or Pacer(settings.hub_posts_per_minute)
         self.scanner: MessageScanner | None = None
         self.realtime: RealtimeScanner | None = None
