@@ -4,7 +4,8 @@
 1. A live photo reaches the `events.NewMessage` handler and is posted within seconds, with the
    history sweep an hour away, even when the account's first connect broke off half-way (its
    `updates.GetState` never answered): the registry must connect it again from scratch, or
-   Telethon, looking connected, never starts its update loop.
+   Telethon, looking connected, never starts its update loop. (In-process too, for each request
+   of Telethon's connect: fast, and with the error as well as the silence.)
 2. `kill -9` during a backfill of several pages of history (while the first page's photos are
    being posted), and a restart: every photo posted exactly once into its person's topic, none
    lost, no job `failed`, the backfill finished from where it stood.
@@ -17,12 +18,15 @@ import time
 
 import pytest
 
+from media_fixtures import faces_dir
 from served_world import ServedWorld
+from server_harness import eventually, run_components
 from test_daemon import BIDEN, OBAMA, PHOTOS_ENV, db, daemons  # noqa: F401  (fixtures)
 from test_daemon_workers import Daemon, process_gone, wait_until
 from test_telegram_scenarios import assert_posted_exactly_once
 
 A = "+15550001"
+FACES = faces_dir()
 
 
 @pytest.fixture
@@ -69,6 +73,41 @@ def test_a_live_photo_is_posted_at_once_after_a_connect_that_broke_off(world, tm
     assert_posted_exactly_once(w, {OBAMA[0]: set(OBAMA)})
     assert d.stop()[0] == 0, d.text()[-3000:]
     print(f"live photo posted {took:.1f} s after it arrived")
+
+
+async def _live_job(pool, chat: int, message: int) -> bool:
+    async with pool.connection() as conn:
+        return bool(await (await conn.execute(
+            "SELECT 1 FROM media_jobs WHERE source_chat_id = %s AND source_message_id = %s",
+            (chat, message))).fetchone())
+
+
+async def _realtime(pool, chat: int) -> bool:
+    async with pool.connection() as conn:
+        row = await (await conn.execute("SELECT scan_mode FROM scan_checkpoints WHERE chat_id = %s",
+                                        (chat,))).fetchone()
+    return row is not None and row[0] == "realtime"
+
+
+@pytest.mark.parametrize("request_name, error", [("GetUsersRequest", "ConnectionError"), ("GetStateRequest", "hang"),
+                                                 ("GetDifferenceRequest", "ConnectionError")])
+async def test_live_updates_are_handled_after_a_connect_that_broke_off(h, pool, request_name, error):
+    """Telethon's connect() asks get_me, updates.GetState and GetDifference after its connection
+    is up; whichever of them breaks off, live updates are handled once the account is connected."""
+    a = await h.add_account(A)
+    chat = h.server.add_chat("Family photos", members=[A])
+    await h.watch(a, chat)
+    h.server.fail(request_name, error)
+    service = await h.service(sweep_interval=3600, connect_timeout=1.0)
+    _, stop = await run_components(service)
+    try:
+        await eventually(lambda: _realtime(pool, chat), what="the backfill")
+        live = h.server.post(chat, h.server.photo(FACES / "eileen_collins_01.jpg"))
+        await eventually(lambda: _live_job(pool, chat, live), timeout=5, what="the live handler's job")
+        assert service.realtime.received == 1
+        assert request_name in h.server.requests()
+    finally:
+        await stop()
 
 
 def backfill_cursor(w: ServedWorld, chat: int) -> tuple[int, str]:
