@@ -8,7 +8,9 @@
   Telethon's own (its sender reconnects by itself after a dropped connection, with
   `auto_reconnect`, and then calls its `_auto_reconnect_callback`: `watch_reconnects` hooks
   there, since the client looks connected all along), and ours (a client whose Telethon gave up
-  reconnecting is connected again by `run()`).
+  reconnecting is connected again by `run()`). A connect that breaks off after its connection
+  is up (get_me or updates.GetState unanswered or cut off) is undone: Telethon starts its update
+  loop only at the end of connect(), and a second connect() of a connected client does nothing.
 - Long flood waits pause only the account that got them (flood_waits).
 - An account Telegram logged out, banned or froze (telegram_errors.account_state) is marked in
   `telegram_accounts.status` ('logged_out', 'banned', 'frozen') with what to do in last_error,

@@ -62,7 +62,7 @@ def test_a_live_photo_is_posted_at_once_after_a_connect_that_broke_off(world, tm
     d = daemon(w, tmp_path, db, SWEEP_INTERVAL_SECONDS="3600")
     daemons.append(d.start())
     wait_until(lambda: w.settled(2), daemons=[d], timeout=60)
-    assert "GetStateRequest" in w.server.requests()
+    assert "GetStateRequest" in w.call(w.server.requests)
 
     live = w.post(chat, OBAMA[2])                       # the sweep is an hour away: only the handler
     started = time.monotonic()
