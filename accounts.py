@@ -1,21 +1,17 @@
-"""Telegram accounts: one client per active account, shared by every component of this process.
+"""Telegram accounts: one client per active account, shared by every component of this process
+(`AccountRegistry`).
 
-- A client is made by a *client factory* `factory(account, settings)`: `telethon_client` in
-  production; the tests pass the fake Telegram server's (tests/telegram_server.py). Nothing else constructs clients.
-- One session file, one process (DESIGN §2): a session is SQLite, and two processes using it
-  corrupt each other's state ("database is locked", then `AuthKeyDuplicatedError`). The registry
-  takes an exclusive lock on `<session>.lock` for as long as it holds the client, and
-  `init_account.py` takes the same lock, so it refuses (with a clear message) to open a session
-  that a running daemon holds.
-- Session files are created with mode 0600 in `SESSIONS_DIR` (mode 0700).
+- Clients come from a client factory on the account's session file, held under its session lock
+  for as long as the registry holds the client (sessions: one session file, one process).
 - Every reconnection bumps the account's `generation`, which makes the scanner sweep the
   account's chats again (updates missed while offline are found that way, `catch_up` being off):
   Telethon's own (its sender reconnects by itself after a dropped connection, with
   `auto_reconnect`, and then calls its `_auto_reconnect_callback`: `watch_reconnects` hooks
   there, since the client looks connected all along), and ours (a client whose Telethon gave up
-  reconnecting is connected again by `run()`).
-- Long flood waits pause only the account that got them: `record_flood_wait` writes
-  `telegram_accounts.flood_wait_until` (with jitter), which every component checks.
+  reconnecting is connected again by `run()`). A connect that breaks off after its connection
+  is up (get_me or updates.GetState unanswered or cut off) is undone: Telethon starts its update
+  loop only at the end of connect(), and a second connect() of a connected client does nothing.
+- Long flood waits pause only the account that got them (flood_waits).
 - An account Telegram logged out, banned or froze (telegram_errors.account_state) is marked in
   `telegram_accounts.status` ('logged_out', 'banned', 'frozen') with what to do in last_error,
   by whichever component met the error (`account_problem`). A logged-out or banned account's
@@ -27,19 +23,18 @@
 from __future__ import annotations
 
 import asyncio
-import errno
-import fcntl
 import logging
-import os
-import random
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from psycopg.rows import dict_row
 
 from database import queries
+from flood_waits import flood_wait_left, record_flood_wait
+from sessions import (Account, AccountError, ClientFactory, SessionBusy, SessionLock, mask_phone,
+                      prepare_sessions_dir, protect_session, session_path, telethon_client)
+from stoppable import sleep_or_stop, stopped
 
 if TYPE_CHECKING:
     from psycopg_pool import AsyncConnectionPool
@@ -47,158 +42,6 @@ if TYPE_CHECKING:
     from config import Settings
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Account:
-    """A row of telegram_accounts, as far as a client needs it (id is None before it is recorded)."""
-
-    id: int | None
-    phone: str
-    session_path: Path
-
-
-ClientFactory = Callable[[Account, "Settings"], Any]
-
-
-def client_options(settings: Settings) -> dict[str, Any]:
-    """How every Telethon client of the daemon is built (tests build theirs the same way)."""
-    return dict(
-        flood_sleep_threshold=settings.flood_sleep_threshold,
-        # Updates missed while offline are found by the history sweeps, not by getDifference.
-        catch_up=False, auto_reconnect=True, connection_retries=10, retry_delay=2,
-        request_retries=5,
-        # After its retries, `_call` raises the last error Telegram gave instead of a bare
-        # ValueError("Request was unsuccessful"). RANDOM_ID_DUPLICATE is a 500 in Telethon's
-        # table: only with this does the code that recovers a post or a topic whose answer was
-        # lost ever see `RandomIdDuplicateError` (DESIGN §3, "Lost answers").
-        raise_last_call_error=True,
-    )
-
-
-def telethon_client(account: Account, settings: Settings):
-    """The production client factory: a Telethon client on the account's session file."""
-    from telethon import TelegramClient
-
-    if not settings.telegram_configured:
-        raise AccountError("TG_API_ID and TG_API_HASH are not set (get them at https://my.telegram.org/apps)")
-    return TelegramClient(str(account.session_path), settings.tg_api_id, settings.tg_api_hash.get_secret_value(),
-                          **client_options(settings))
-
-
-class AccountError(Exception):
-    """An account cannot be used as it is; the message says what to do. `state`: the
-    telegram_accounts.status it is in ('logged_out', 'banned'), if Telegram said."""
-
-    def __init__(self, message: str, *, state: str | None = None):
-        super().__init__(message)
-        self.state = state
-
-
-class SessionBusy(AccountError):
-    """Another process (the daemon) holds this session file."""
-
-
-def mask_phone(phone: str) -> str:
-    """A phone number fit for logs: the country code and the last two digits."""
-    digits = "".join(c for c in phone if c.isdigit())
-    if len(digits) < 5:
-        return "***"
-    return f"+{digits[:2]}…{digits[-2:]}"
-
-
-def session_path(settings: Settings, stored: str | None, phone: str) -> Path:
-    """Where an account's session file is: its recorded path (relative ones are in SESSIONS_DIR),
-    or SESSIONS_DIR/<digits of the phone>.session. Always ends in `.session` (Telethon adds it)."""
-    if stored:
-        path = Path(stored)
-        if not path.is_absolute():
-            path = settings.sessions_path / path
-    else:
-        path = settings.sessions_path / ("".join(c for c in phone if c.isdigit()) or "account")
-    return path if path.suffix == ".session" else path.with_name(path.name + ".session")
-
-
-def prepare_sessions_dir(path: Path) -> None:
-    """Create the sessions folder readable by its owner only."""
-    path.mkdir(parents=True, exist_ok=True)
-    try:
-        os.chmod(path, 0o700)
-    except OSError as exc:  # e.g. a volume owned by another user: the files are still 0600
-        logger.warning("cannot make %s private (%s); check its permissions", path, exc)
-
-
-def protect_session(path: Path) -> None:
-    """Session files hold the account's login: owner read/write only."""
-    for candidate in (path, path.with_name(path.name + "-journal")):
-        if candidate.exists():
-            os.chmod(candidate, 0o600)
-
-
-class SessionLock:
-    """An exclusive, non-blocking lock on `<session>.lock`, held while a process uses the session.
-
-    A file lock (flock) is released by the kernel when the process dies, so a crashed daemon
-    never leaves a stale lock behind.
-    """
-
-    def __init__(self, session: Path):
-        self.path = session.with_name(session.name + ".lock")
-        self._fd: int | None = None
-
-    def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            os.close(fd)
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise SessionBusy(
-                    f"another process holds the session {self.path.with_suffix('')}: the daemon is "
-                    f"running with this account. Stop the daemon first (e.g. `docker compose stop app`), "
-                    f"then try again.") from None
-            raise
-        self._fd = fd
-
-    def release(self) -> None:
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
-
-    def __enter__(self) -> SessionLock:
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
-
-
-def flood_jitter(seconds: float) -> float:
-    """A flood wait plus jitter, so paused work does not all come back in the same second."""
-    return seconds * random.uniform(1.0, 1.1) + random.uniform(0.2, 1.0)
-
-
-async def record_flood_wait(pool: AsyncConnectionPool, account_id: int, seconds: float, where: str) -> float:
-    """Pause account `account_id` for a flood wait of `seconds` (plus jitter); return the seconds
-    it now waits. Visible on the dashboard (telegram_accounts.flood_wait_until)."""
-    wait = flood_jitter(seconds)
-    async with pool.connection() as conn:
-        row = await (await conn.execute(queries.tg_account_flood, {
-            "account_id": account_id, "seconds": wait,
-            "error": f"flood wait of {seconds:.0f} s on {where}; this account pauses until it is over"})).fetchone()
-    left = float(row[1]) if row else wait
-    logger.warning("account %s: Telegram asks to wait %.0f s (%s); this account pauses for %.0f s, "
-                   "the others go on", account_id, seconds, where, left)
-    return left
-
-
-async def flood_wait_left(pool: AsyncConnectionPool, account_id: int) -> float:
-    """Seconds account `account_id` must still wait before it talks to Telegram again."""
-    async with pool.connection() as conn:
-        row = await (await conn.execute(queries.tg_account_flood_left, {"account_id": account_id})).fetchone()
-    return float(row[0]) if row else 0.0
 
 
 @dataclass
@@ -250,7 +93,7 @@ class AccountRegistry:
             except (OSError, asyncio.TimeoutError) as exc:
                 # Telegram unreachable right now: keep the client, run() connects it later.
                 logger.warning("account %s: cannot connect yet (%s); retrying in the background",
-                               account.id, exc)
+                               account.id, exc or type(exc).__name__)
         if not self._held:
             logger.warning("no Telegram account is usable; log one in with `python init_account.py`")
         return self.account_ids()
@@ -308,6 +151,13 @@ class AccountRegistry:
             if isinstance(exc, (errors.FloodWaitError, errors.FloodPremiumWaitError)):
                 await record_flood_wait(self.pool, account.id, exc.seconds, "checking the login")
             raise ConnectionError(f"Telegram did not say who the account is ({type(exc).__name__}: {exc})") from exc
+        except (OSError, asyncio.TimeoutError):
+            # connect() broke off after the connection was up (its get_me or updates.GetState
+            # unanswered or cut off): Telethon then looks connected but never started its update
+            # loop, and a second connect() returns at once ("already connected"). Disconnect, so
+            # that the next attempt is a whole connect; else no live update would ever be handled.
+            await _disconnect(client)
+            raise
         if me is None or isinstance(me, Exception):
             self._held.pop(account.id, None)
             await _disconnect(client)
@@ -493,18 +343,3 @@ async def _disconnect(client) -> None:
     result = client.disconnect()
     if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future):
         await result
-
-
-def stopped(*events: asyncio.Event | None) -> bool:
-    """True when any of the given stop events is set."""
-    return any(e is not None and e.is_set() for e in events)
-
-
-async def sleep_or_stop(seconds: float, *events: asyncio.Event | None) -> None:
-    """Sleep up to `seconds`, returning early when any of the events is set."""
-    waiters = [asyncio.ensure_future(e.wait()) for e in events if e is not None]
-    try:
-        await asyncio.wait(waiters, timeout=max(0.0, seconds), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for w in waiters:
-            w.cancel()

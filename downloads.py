@@ -36,8 +36,9 @@ from typing import TYPE_CHECKING, Any
 from telethon import errors, types
 
 from database import queries
+from history_scanner import resolve_input_entity
+from media_kinds import classify
 from processing_queue import JobSkipped, PermanentJobError, RetryLater
-from scanners import classify, resolve_input_entity
 from telegram_errors import FLOOD_WAITS, account_state, as_flood_wait
 
 if TYPE_CHECKING:

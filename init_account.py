@@ -35,7 +35,7 @@ from psycopg.rows import dict_row
 import config
 import database
 from commands import python_command
-from accounts import (Account, AccountError, ClientFactory, SessionBusy, SessionLock, mask_phone,
+from sessions import (Account, AccountError, ClientFactory, SessionBusy, SessionLock, mask_phone,
                       prepare_sessions_dir, protect_session, session_path, telethon_client)
 from database import queries
 

@@ -263,7 +263,7 @@ async def ensure_an_account(settings: config.Settings, pool, conninfo: str, hook
             "number, the login code and the two-step password; with Docker: "
             "`docker compose run --rm app python init_account.py`), then start the daemon again.")
     import init_account
-    from accounts import AccountError, telethon_client
+    from sessions import AccountError, telethon_client
 
     print("No Telegram account is logged in yet; let's log one in (Ctrl-C to stop).")
 

@@ -8,6 +8,9 @@ between rounds but wakes at once when stopped or woken.
             while not self.stopping:
                 ...
                 await self.pause(poll_interval)     # returns early on stop() or wake()
+
+Parts that stop on plain events (their own and the daemon's) use `stopped(*events)` and
+`sleep_or_stop(seconds, *events)` instead.
 """
 
 from __future__ import annotations
@@ -50,3 +53,18 @@ class Stoppable:
         except TimeoutError:
             return False
         return True
+
+
+def stopped(*events: asyncio.Event | None) -> bool:
+    """True when any of the given stop events is set."""
+    return any(e is not None and e.is_set() for e in events)
+
+
+async def sleep_or_stop(seconds: float, *events: asyncio.Event | None) -> None:
+    """Sleep up to `seconds`, returning early when any of the events is set."""
+    waiters = [asyncio.ensure_future(e.wait()) for e in events if e is not None]
+    try:
+        await asyncio.wait(waiters, timeout=max(0.0, seconds), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from psycopg.rows import dict_row
 
-from accounts import record_flood_wait
+from flood_waits import record_flood_wait
 from database import queries
 from retry_policy import RetryPolicy
 from stoppable import Stoppable

@@ -1,13 +1,15 @@
 """The Telegram side of the daemon: accounts, chats, history sweeps, live updates, downloads,
 topics and posting. This module composes the parts; each lives in its own module:
 
-- `accounts.AccountRegistry`: one client per active account (session files 0600, one process
-  per session, reconnects, flood-wait bookkeeping);
-- `scanners.MessageScanner` (history sweeps, the source of truth) and
-  `scanners.RealtimeScanner` (live updates, the fast path), both inserting idempotent jobs;
+- `accounts.AccountRegistry`: one client per active account (reconnects, account states), on
+  `sessions` (session files 0600, one process per session, the client factory), with
+  `flood_waits` (flood-wait bookkeeping);
+- `history_scanner.MessageScanner` (history sweeps, the source of truth) and
+  `realtime_scanner.RealtimeScanner` (live updates, the fast path), both inserting idempotent
+  jobs for the media that `media_kinds` recognises;
 - `downloads.MediaDownloadManager`: a claimed job's media into the staging area;
 - `topics.TopicManager`: persons' forum topics in the hub;
-- `media_uploader.MediaUploader`: the outbox into the topics, paced;
+- `media_uploader.MediaUploader`: the outbox into the topics, paced; `post_sender` makes each post;
 - `chats.ChatManager` and `telegram_actions.ActionApplier`: the requests that the dashboard and
   `add_chat.py` record for the daemon's clients.
 
@@ -28,12 +30,16 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from accounts import (Account, AccountError, AccountRegistry, ClientFactory, SessionBusy, SessionLock,
-                      mask_phone, record_flood_wait, telethon_client)
+from accounts import AccountRegistry
 from chats import ChatManager, parse_chat_identifier
 from downloads import MediaDownloadManager
-from media_uploader import MediaUploader, Pacer, caption_for, message_link
-from scanners import MediaInfo, MessageScanner, RealtimeScanner, classify
+from flood_waits import record_flood_wait
+from history_scanner import MessageScanner
+from media_kinds import MediaInfo, classify
+from media_uploader import MediaUploader, Pacer
+from post_sender import caption_for, message_link
+from realtime_scanner import RealtimeScanner
+from sessions import Account, AccountError, ClientFactory, SessionBusy, SessionLock, mask_phone, telethon_client
 from telegram_actions import CHAT_ACTIONS, TOPIC_ACTIONS, ActionApplier
 from topics import TopicManager, topic_title
 
@@ -63,6 +69,7 @@ class TelegramTuning:
     sweep_poll: float = 2.0                 # how often idle accounts look for due chats
     watched_refresh: float = 5.0            # how often the live handler reloads the watched chats
     account_check: float = 5.0              # how often lost connections are retried
+    connect_timeout: float = 60.0           # a connect (with its get_me and updates.GetState) longer is retried
     actions_poll: float = 2.0
     uploads_poll: float = 2.0
     offline_retry: float = 30.0             # a post cut off by a broken connection is tried again after
@@ -88,7 +95,8 @@ class TelegramService:
         self.pool = pool
         self.role = role
         self.tuning = tuning or TelegramTuning()
-        self.registry = AccountRegistry(settings, pool, client_factory, check_interval=self.tuning.account_check)
+        self.registry = AccountRegistry(settings, pool, client_factory, check_interval=self.tuning.account_check,
+                                       connect_timeout=self.tuning.connect_timeout)
         self.pacer = pacer or Pacer(settings.hub_posts_per_minute)
         self.scanner: MessageScanner | None = None
         self.realtime: RealtimeScanner | None = None

@@ -32,7 +32,8 @@ from psycopg.types.json import Jsonb
 from telethon import errors, functions, types, utils
 
 from database import queries
-from scanners import classify, resolve_input_entity
+from history_scanner import resolve_input_entity
+from media_kinds import classify
 from telegram_actions import TOPIC_ACTIONS, ActionFailed, ActionWait
 
 if TYPE_CHECKING:

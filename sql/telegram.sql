@@ -1,5 +1,5 @@
--- The Telegram side (accounts.py, scanners.py, downloads.py, topics.py, chats.py, add_chat.py,
--- init_account.py): accounts, watched chats and their history cursors, the jobs the scanners
+-- The Telegram side (accounts.py, flood_waits.py, history_scanner.py, realtime_scanner.py,
+-- downloads.py, topics.py, chats.py, add_chat.py, init_account.py): accounts, watched chats and their history cursors, the jobs the scanners
 -- insert, the requests that need a Telegram client (dashboard_actions), and persons' topics.
 -- Chat ids are Telegram's marked ids everywhere (-100… channels and supergroups, negative basic
 -- groups, positive users).

@@ -40,7 +40,7 @@ RETURNING u.id, u.topic_id AS person_id, u.media_item_id, u.source_chat_id, u.so
 
 -- name: upload_take_over_sending
 -- Posts left 'sending' by an earlier process, due again now. Only the process holding the hub
--- account's session posts (one session, one process: accounts.SessionLock), so when it starts,
+-- account's session posts (one session, one process: sessions.SessionLock), so when it starts,
 -- every 'sending' row is a dead process's: waiting for its lease to run out would only delay it.
 -- They are sent again with the same random_id; Telegram refuses a second copy.
 UPDATE uploaded_media SET run_after = now()

@@ -2,7 +2,7 @@
 
 `ServerHarness` is a `TelegramServer` with a hub, settings pointing at it, and accounts recorded
 in the database, each logged into its own SQLite session file in SESSIONS_DIR. The clients the
-daemon builds are real `TelegramClient`s with the production options (`accounts.client_options`)
+daemon builds are real `TelegramClient`s with the production options (`sessions.client_options`)
 except `request_retries=2`: Telethon repeats a server error (RANDOM_ID_DUPLICATE included) that
 many times with 2 s between tries; the path is the same as with production's 5, only shorter.
 

@@ -323,8 +323,8 @@ class TelegramServer(Requests):
 
     def factory(self, **overrides: Any):
         """A client factory for `accounts.AccountRegistry`: the production options
-        (`accounts.client_options`), with `overrides`, on this server."""
-        from accounts import client_options
+        (`sessions.client_options`), with `overrides`, on this server."""
+        from sessions import client_options
 
         def make(account: Any, settings: Any) -> TelegramClient:
             options = client_options(settings) | overrides

@@ -200,7 +200,7 @@ def remote_factory(path: str | Path, **overrides: Any):
     """A client factory for `accounts.AccountRegistry` in the daemon's process: the production
     options, with `overrides`, on the server at `path`. The session files must be logged in
     already (ServerHarness.add_account does it)."""
-    from accounts import client_options
+    from sessions import client_options
 
     def make(account: Any, settings: Any) -> TelegramClient:
         client = TelegramClient(str(account.session_path), settings.tg_api_id or API_ID, API_HASH,

@@ -13,7 +13,7 @@ import pytest
 from psycopg.rows import dict_row
 
 from media_fixtures import faces_dir
-from scanners import classify
+from media_kinds import classify
 from server_harness import eventually, run_components
 
 FACES = faces_dir()

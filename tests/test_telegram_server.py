@@ -80,7 +80,7 @@ async def test_basic_groups_number_messages_per_account(tg):
 
 async def test_a_random_id_used_twice_reaches_the_code_as_random_id_duplicate(tg):
     """Telethon classes RANDOM_ID_DUPLICATE as a 500 and repeats it; the daemon's clients are
-    built to raise the real error after that (accounts.client_options)."""
+    built to raise the real error after that (sessions.client_options)."""
     a = await tg.add_account(A)
     service = await tg.service()
     client = service.registry.client(a)

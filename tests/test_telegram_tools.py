@@ -14,7 +14,7 @@ import psycopg
 import pytest
 
 import add_chat
-from accounts import SessionBusy
+from sessions import SessionBusy
 from chats import ActionFailed
 from media_fixtures import faces_dir
 from init_account import LoginFailed, login

@@ -15,7 +15,8 @@ from psycopg.rows import dict_row
 
 from media_fixtures import faces_dir
 from server_harness import ServerHarness, eventually
-from media_uploader import NO_LINK, MediaUploader, Pacer, message_link
+from media_uploader import MediaUploader, Pacer
+from post_sender import NO_LINK, message_link
 from topics import TopicManager
 
 FACES = faces_dir()

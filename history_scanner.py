@@ -1,49 +1,41 @@
-"""Reading watched chats: history sweeps (the source of truth) and live updates (the fast path).
+"""History sweeps of the watched chats: the source of truth (`MessageScanner`).
 
-- `MessageScanner`: for every (account, chat), `iter_messages(chat, min_id=cursor, reverse=True)`
-  oldest to newest. Every batch commits its jobs and the cursor (`last_processed_message_id`)
-  in one statement, so after any interruption the next sweep starts exactly after the last
-  committed message and nothing is missed or inserted twice. The first sweep is the backfill
-  (progress in processed_messages / total_messages); once a sweep reaches the newest message the
-  chat is `realtime`, and it is swept again every SWEEP_INTERVAL_SECONDS and whenever its
-  account's client reconnects (Telethon's own reconnects included, accounts.watch_reconnects). Chats of one account are swept one at a time, a turn of at most
-  `turn_messages` each, round robin, so one huge backfill does not starve the other chats.
-- `RealtimeScanner`: `events.NewMessage` without a `chats=` filter (that list is resolved once);
-  the handler checks a watched set that is reloaded while running, so a chat added later is
-  followed without a restart, and the hub is never watched. It only inserts jobs: a message
-  seen here and again by a sweep is one job (unique (chat, message)); a message it never sees
-  is found by the next sweep.
+- For every (account, chat), `iter_messages(chat, min_id=cursor, reverse=True)` oldest to newest.
+  Every batch commits its jobs and the cursor (`last_processed_message_id`) in one statement, so
+  after any interruption the next sweep starts exactly after the last committed message and
+  nothing is missed or inserted twice. The first sweep is the backfill (progress in
+  processed_messages / total_messages); once a sweep reaches the newest message the chat is
+  `realtime`, and it is swept again every SWEEP_INTERVAL_SECONDS and whenever its account's
+  client reconnects (Telethon's own reconnects included, accounts.watch_reconnects). Chats of
+  one account are swept one at a time, a turn of at most `turn_messages` each, round robin, so
+  one huge backfill does not starve the other chats.
 - A watched basic group that becomes a supergroup ends with `MessageActionChatMigrateTo`: its
   sweep reads it to that message, then the record moves to the new chat (chat id, type, cursor
   0: the supergroup's own history is read from its start); the old part's jobs keep the old
-  chat's id. The live handler sees the migration too (a raw update: NewMessage skips service
-  messages) and asks for that sweep at once.
-- Media: photos, documents whose mime type is an image, videos, round video notes and GIF
-  animations. The job's media key is 'photo:<id>' / 'document:<id>' (forwards keep the id, so
-  the same media in many chats is downloaded and analysed once). Media larger than
-  MAX_MEDIA_SIZE_MB become jobs with status 'skipped' and are counted in the chat's
-  skipped_media: recorded, not failed.
-- A long flood wait pauses the account (accounts.record_flood_wait) and defers the chat; the
+  chat's id. The live handler (realtime_scanner) sees the migration too and asks for that sweep
+  at once.
+- What becomes a job, and with which media key and status: media_kinds.
+- A long flood wait pauses the account (flood_waits.record_flood_wait) and defers the chat; the
   other accounts go on.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 from collections.abc import Callable
 import logging
 import time
 from dataclasses import dataclass
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg.rows import dict_row
-from telethon import errors, events, types, utils
+from telethon import errors, types
 
-from accounts import flood_wait_left, record_flood_wait, sleep_or_stop, stopped
 from database import queries
+from flood_waits import flood_wait_left, record_flood_wait
+from media_kinds import classify, job_values, migration_target
+from stoppable import sleep_or_stop, stopped
 from telegram_errors import FLOOD_WAITS
 
 if TYPE_CHECKING:
@@ -60,99 +52,6 @@ CHAT_ERROR_DEFER = 15 * 60.0
 CHAT_GONE_DEFER = 6 * 3600.0
 CHAT_GONE = (errors.ChannelPrivateError, errors.ChatForbiddenError, errors.ChannelInvalidError,
              errors.ChatIdInvalidError, errors.PeerIdInvalidError, errors.UserBannedInChannelError)
-
-
-# --- what counts as media ---------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class MediaInfo:
-    """The media of one message as the job queue stores it."""
-
-    media_key: str           # 'photo:<id>' or 'document:<id>'
-    media_type: str          # photo | image | video | round | gif
-    mime_type: str | None
-    file_size: int | None
-
-
-def classify(message: Any) -> MediaInfo | None:
-    """The analysable media of a message, or None (text, stickers, audio, files, self-destructing)."""
-    media = getattr(message, "media", None)
-    if isinstance(media, types.MessageMediaPhoto):
-        photo = media.photo
-        if not isinstance(photo, types.Photo) or media.ttl_seconds:
-            return None
-        return MediaInfo(f"photo:{photo.id}", "photo", "image/jpeg", photo_size(photo))
-    if isinstance(media, types.MessageMediaDocument):
-        doc = media.document
-        if not isinstance(doc, types.Document) or media.ttl_seconds:
-            return None
-        kind = document_kind(doc)
-        if kind is None:
-            return None
-        return MediaInfo(f"document:{doc.id}", kind, doc.mime_type, doc.size)
-    return None
-
-
-def document_kind(doc: types.Document) -> str | None:
-    """image | video | round | gif for the documents worth analysing, else None."""
-    mime = (doc.mime_type or "").lower()
-    attributes = doc.attributes or []
-    if any(isinstance(a, (types.DocumentAttributeSticker, types.DocumentAttributeAudio)) for a in attributes):
-        return None
-    video = next((a for a in attributes if isinstance(a, types.DocumentAttributeVideo)), None)
-    animated = any(isinstance(a, types.DocumentAttributeAnimated) for a in attributes)
-    if animated and (mime.startswith("video/") or video is not None):
-        return "gif"      # Telegram's "GIFs" are silent mp4 animations
-    if video is not None and video.round_message:
-        return "round"
-    if mime.startswith("video/"):
-        return "video"
-    if mime.startswith("image/"):
-        return "image"
-    return None
-
-
-def photo_size(photo: types.Photo) -> int | None:
-    """The size in bytes of the largest version of a photo (the one that is downloaded)."""
-    best = None
-    for size in photo.sizes or []:
-        if isinstance(size, types.PhotoSize):
-            value = size.size
-        elif isinstance(size, types.PhotoSizeProgressive):
-            value = max(size.sizes) if size.sizes else None
-        elif isinstance(size, types.PhotoCachedSize):
-            value = len(size.bytes)
-        else:
-            continue
-        if value is not None and (best is None or value > best):
-            best = value
-    return best
-
-
-def migration_target(message: Any) -> int | None:
-    """The marked id of the supergroup a basic group became, if `message` says so (the old
-    group's last message, `MessageActionChatMigrateTo`)."""
-    action = getattr(message, "action", None)
-    if isinstance(action, types.MessageActionChatMigrateTo):
-        return utils.get_peer_id(types.PeerChannel(action.channel_id))
-    return None
-
-
-def chat_id_of(message: Any) -> int:
-    """The marked id of the chat a message is in."""
-    return utils.get_peer_id(message.peer_id)
-
-
-def job_values(info: MediaInfo, max_bytes: int) -> tuple[str, str | None]:
-    """(status, note) of a new job: queued, or skipped when the media is too large."""
-    if info.file_size is not None and info.file_size > max_bytes:
-        return "skipped", (f"{info.file_size / 2**20:.0f} MB is more than MAX_MEDIA_SIZE_MB "
-                           f"({max_bytes / 2**20:.0f} MB): not downloaded")
-    return "queued", None
-
-
-# --- history sweeps ---------------------------------------------------------------------------
 
 
 @dataclass
@@ -430,111 +329,3 @@ async def resolve_input_entity(client: Any, chat_id: int):
         # (for an uncached user Telethon asks Telegram with access hash 0, which may be refused)
         await client.get_dialogs()
         return await client.get_input_entity(chat_id)
-
-
-# --- live updates -----------------------------------------------------------------------------
-
-
-class RealtimeScanner:
-    """The fast path: a job for every new media message of a watched chat, as it arrives."""
-
-    def __init__(self, registry: AccountRegistry, pool: AsyncConnectionPool, settings: Settings, *,
-                 refresh_interval: float = 5.0):
-        self.registry = registry
-        self.pool = pool
-        self.settings = settings
-        self.refresh_interval = refresh_interval
-        self._watched: dict[int, set[int]] = {}   # account -> marked chat ids
-        self._attached: set[int] = set()
-        self._stopping = asyncio.Event()
-        self._wake = asyncio.Event()
-        self.received = 0
-        self.on_migration: Callable[[int, int], None] | None = None   # (account, chat): sweep it now
-
-    def attach(self) -> None:
-        """Register the NewMessage handler on every held client (once each)."""
-        for account_id in self.registry.account_ids():
-            client = self.registry.client(account_id)
-            if id(client) in self._attached:
-                continue
-            client.add_event_handler(functools.partial(self._on_new_message, account_id), events.NewMessage())
-            # NewMessage skips service messages: a basic group's migration comes as a raw update.
-            client.add_event_handler(functools.partial(self._on_service_message, account_id),
-                                     events.Raw(types.UpdateNewMessage))
-            self._attached.add(id(client))
-
-    async def refresh(self) -> None:
-        """Reload the watched chats (a chat added, paused or removed while running)."""
-        accounts = self.registry.account_ids()
-        async with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-            await cur.execute(queries.tg_watched_chats,
-                              {"account_ids": accounts, "hub_chat_id": self.settings.hub_group_id})
-            rows = await cur.fetchall()
-        watched: dict[int, set[int]] = {a: set() for a in accounts}
-        for row in rows:
-            watched[row["account_id"]].add(row["chat_id"])
-        self._watched = watched
-
-    def request_refresh(self) -> None:
-        self._wake.set()
-
-    def watches(self, account_id: int, chat_id: int) -> bool:
-        return chat_id != self.settings.hub_group_id and chat_id in self._watched.get(account_id, ())
-
-    def stop(self) -> None:
-        self._stopping.set()
-        self._wake.set()
-
-    async def run(self, stop_event: asyncio.Event | None = None) -> None:
-        """Attach the handlers and keep the watched set fresh until stopped."""
-        self.attach()
-        while not stopped(self._stopping, stop_event):
-            self._wake.clear()
-            self.attach()   # clients opened again after a new login
-            await self.refresh()
-            await sleep_or_stop(self.refresh_interval, self._stopping, stop_event, self._wake)
-
-    async def _on_new_message(self, account_id: int, event: Any) -> None:
-        # The boundary of every update: log and carry on, never let one message stop the others.
-        try:
-            await self.handle(account_id, event.message)
-        except Exception:
-            logger.exception("account %s: a new message could not be queued; the next history "
-                             "sweep of its chat picks it up", account_id)
-
-    async def _on_service_message(self, account_id: int, update: Any) -> None:
-        if isinstance(update.message, types.MessageService):
-            await self._on_new_message(account_id, update)
-
-    async def handle(self, account_id: int, message: Any) -> int | None:
-        """Queue the media of one new message if its chat is watched; return the new job's id."""
-        if migration_target(message) is not None and self.watches(account_id, chat_id_of(message)):
-            # A watched basic group became a supergroup: its sweep reads it to the end and moves
-            # the record (the new chat's messages meanwhile are found by that chat's backfill).
-            if self.on_migration is not None:
-                self.on_migration(account_id, chat_id_of(message))
-            return None
-        if not isinstance(message, types.Message):
-            return None
-        chat_id = chat_id_of(message)
-        if not self.watches(account_id, chat_id):
-            return None
-        self.received += 1
-        info = classify(message)
-        if info is None:
-            return None
-        status, note = job_values(info, self.settings.max_media_bytes)
-        async with self.pool.connection() as conn:
-            row = await (await conn.execute(queries.tg_live_job, {
-                "chat_id": chat_id, "message_id": message.id, "account_id": account_id,
-                "media_key": info.media_key, "media_type": info.media_type, "mime_type": info.mime_type,
-                "file_size": info.file_size, "message_date": _date(message), "status": status,
-                "note": note})).fetchone()
-        if row:
-            logger.info("chat %s message %s: new %s (%s)", chat_id, message.id, info.media_type,
-                        "skipped: too large" if status == "skipped" else "queued")
-        return row[0] if row else None
-
-
-def _date(message: Any) -> datetime | None:
-    return getattr(message, "date", None)
