@@ -63,6 +63,7 @@ class ServedWorld:
         self.call(self.listener.close)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
+        assert not self.server.bugs, f"the fake Telegram failed on requests: {self.server.bugs}"
 
     # --- building ---------------------------------------------------------------------------------
 

@@ -97,6 +97,7 @@ class TelegramServer(Requests):
         self.chats: dict[int, Chat] = {}          # channels, supergroups, basic groups by marked id
         self.media: dict[str, Media] = {}
         self.faults: list[Fault] = []
+        self.bugs: list[str] = []                 # requests the fake itself failed on (telegram_wire)
         self.calls: list[tuple[str, str, float]] = []   # (phone, request class name, clock()), in order
         self.downloads: dict[str, int] = {}       # media key -> complete downloads
         self.senders: dict[str, set[FakeSender]] = {}

@@ -111,6 +111,7 @@ class World:
             self.call(self.listener.close)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
+        assert not self.server.bugs, f"the fake Telegram failed on requests: {self.server.bugs}"
 
     def hub_content(self) -> dict[int, list[str]]:
         """{topic id: [file name of each post's source message, in order]} ('cover' for the crop)."""

@@ -447,3 +447,34 @@ async def test_a_reading_account_logged_out_makes_its_posts_wait_and_leaves_the_
     assert row["status"] == "pending" and row["attempts"] == 0, row   # waits for B, not failed
     assert (await status_of(pool, b))["status"] == "logged_out"
     assert (await status_of(pool, a))["status"] == "active"          # the hub account is fine
+
+
+# --- the wire (tests/telegram_wire.py): the daemon's side of a served world ---------------------------
+
+
+async def test_a_request_the_fake_cannot_answer_is_a_server_error_at_once_and_fails_the_world(tmp_path, db_conninfo):
+    from telethon import TelegramClient
+
+    from served_world import ServedWorld
+    from telegram_server import API_HASH, API_ID
+    from telegram_wire import RemoteSender
+
+    w = ServedWorld(tmp_path, FACES, db_conninfo)
+    w.add_account(A)
+    client = TelegramClient(str(w.sessions / "15550001.session"), API_ID, API_HASH,
+                            request_retries=1, receive_updates=False)
+    old = client._sender
+    client._sender = RemoteSender(str(w.socket), old.auth_key, loggers=client._log,
+                                  updates_queue=client._updates_queue,
+                                  auto_reconnect_callback=old._auto_reconnect_callback)
+    await client.connect()
+    try:
+        # Not one the fake knows: before, its NotImplementedError died in the serving task and
+        # the client waited for an answer until its own timeout.
+        with pytest.raises(ValueError, match="unsuccessful"):   # Telethon's word for a 500 it gave up on
+            await asyncio.wait_for(client(functions.contacts.GetContactsRequest(hash=0)), 10)
+    finally:
+        await client.disconnect()
+    assert "GetContactsRequest" in w.server.bugs[0], w.server.bugs
+    with pytest.raises(AssertionError, match="the fake Telegram failed on requests"):
+        w.close()
