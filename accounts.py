@@ -66,7 +66,7 @@ class AccountRegistry:
         self.connect_timeout = connect_timeout
         self.hub_account_id: int | None = None
         self._held: dict[int, _Held] = {}
-        self._dropped: dict[int, Account] = {}   # logged out or banned while running
+        self._dropped: dict[int, Account] = {}   # not held: logged out, banned, paused, …
         self._stopping = asyncio.Event()
 
     # --- start and stop ------------------------------------------------------------------------
@@ -77,6 +77,10 @@ class AccountRegistry:
         async with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
             await cur.execute(queries.tg_active_accounts)
             rows = await cur.fetchall()
+            await cur.execute(queries.tg_inactive_accounts)
+            for row in await cur.fetchall():   # opened once active again (_reopen_logged_in_again)
+                self._dropped[row["id"]] = Account(row["id"], row["phone_number"], session_path(
+                    self.settings, row["session_file_path"], row["phone_number"]))
         self.hub_account_id = self._pick_hub(rows)
         prepare_sessions_dir(self.settings.sessions_path)
         for row in rows:
@@ -287,7 +291,8 @@ class AccountRegistry:
         return state
 
     async def _reopen_logged_in_again(self) -> None:
-        """Open the accounts dropped while running whose status is 'active' again."""
+        """Open the accounts not held (dropped while running, or not active at start) whose status
+        is 'active' again."""
         if not self._dropped:
             return
         async with self.pool.connection() as conn:

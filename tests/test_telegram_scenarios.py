@@ -198,6 +198,15 @@ def test_a_logged_out_account_waits_and_a_flood_storm_pauses_only_its_account(wo
     a_work = [t for phone, name, t in w.server.calls if phone == A and name in ("GetFileRequest", "SendMediaRequest")]
     assert any(floods[0] < t < floods[-1] for t in a_work), "the hub account waited for the other's flood"
 
+    # kill -9 while C is logged out: the new daemon finds it so again, and nothing waiting is lost.
+    d.kill()
+    pids = d.analysis_pids()
+    wait_until(lambda: all(process_gone(pid) for pid in pids), timeout=10)
+    mark = len(d.text())
+    daemons.append(d.start())
+    d.wait_log(r"running: ", timeout=90, after=mark)
+    assert {s for (s,) in w.sql("SELECT status FROM media_jobs WHERE source_chat_id = %s", archive)} == {"queued"}
+
     # C is logged in again (init_account.py): its backfill goes on from where it stopped.
     w.call(lambda: setattr(w.server.accounts[C], "status", "ok"))
     w.sql("UPDATE telegram_accounts SET status = 'active', last_error = NULL WHERE id = %s", c)

@@ -9,7 +9,7 @@ import pytest
 from telethon import errors, events, functions
 
 from media_fixtures import faces_dir
-from server_harness import ServerHarness, eventually
+from server_harness import ServerHarness, eventually, run_components
 from test_uploader import analysed, due, make_person, outbox, rows
 
 FACES = faces_dir()
@@ -448,6 +448,19 @@ async def test_a_reading_account_logged_out_makes_its_posts_wait_and_leaves_the_
     assert (await status_of(pool, b))["status"] == "logged_out"
     assert (await status_of(pool, a))["status"] == "active"          # the hub account is fine
 
+
+async def test_an_account_not_active_at_the_start_is_opened_once_it_is_logged_in_again(tg, pool):
+    await tg.add_account(A)
+    b = await tg.add_account(B)
+    await rows(pool, "UPDATE telegram_accounts SET status = 'logged_out' WHERE id = %s", b)
+    service = await tg.service()
+    assert not service.registry.holds(b)
+    task, stop = await run_components(service)
+    try:   # init_account.py logs it in again while this daemon runs (it started after the logout)
+        await rows(pool, "UPDATE telegram_accounts SET status = 'active', last_error = NULL WHERE id = %s", b)
+        await eventually(lambda: service.registry.holds(b), what="the account to be opened")
+    finally:
+        await stop()
 
 # --- the wire (tests/telegram_wire.py): the daemon's side of a served world ---------------------------
 
