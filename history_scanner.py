@@ -179,6 +179,9 @@ class MessageScanner:
         if chat is None or chat["state"] != "active":
             result.stopped_because = "not watched"
             return result
+        if not self.registry.holds(account_id):   # logged out (by another component) since it was due
+            result.stopped_because = "account"
+            return result
         generation = self.registry.generation(account_id)
         client = self.registry.client(account_id)
         batch = _Batch()

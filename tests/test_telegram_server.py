@@ -449,6 +449,19 @@ async def test_a_reading_account_logged_out_makes_its_posts_wait_and_leaves_the_
     assert (await status_of(pool, a))["status"] == "active"          # the hub account is fine
 
 
+async def test_a_sweep_of_an_account_logged_out_meanwhile_stops_instead_of_crashing_the_daemon(tg, pool):
+    a = await tg.add_account(A)
+    b = await tg.add_account(B)
+    chat, _ = await chat_with_photos(tg, B, b)
+    service = await tg.service()
+    due = await service.scanner.due_chats(b)
+    assert [c["chat_id"] for c in due] == [chat]
+    tg.server.revoke(B)   # a download (another component) finds it logged out: dropped ...
+    await service.registry.account_problem(b, errors.AuthKeyUnregisteredError(request=None))
+    result = await service.scanner.sweep_chat(b, chat)   # ... before its due chat's sweep starts
+    assert result.stopped_because == "account"
+    assert service.registry.holds(a)
+
 async def test_an_account_not_active_at_the_start_is_opened_once_it_is_logged_in_again(tg, pool):
     await tg.add_account(A)
     b = await tg.add_account(B)
