@@ -188,6 +188,7 @@ PROCESS_TESTS = {"test_daemon.py", "test_daemon_soak.py", "test_daemon_workers.p
                  "test_telegram_daemon.py", "test_telegram_scenarios.py"}
 
 
+@pytest.hookimpl(tryfirst=True)   # before xdist's own, which reads the groups
 def pytest_collection_modifyitems(config, items):
     if not config.pluginmanager.hasplugin("xdist"):
         return
