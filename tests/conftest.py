@@ -181,17 +181,21 @@ async def h(tmp_path, pool):
 
 
 # The tests that run the daemon (or the README's commands) as processes and time them: under
-# pytest-xdist (`make test`: -n 2 --dist loadgroup) they run one after the other in one worker,
-# as without it, so that no two of them share the two cores; the other tests run beside them,
-# a file per worker at a time (a file's module fixtures are built once).
+# pytest-xdist (`make test`: -n 2) they run one after the other in one worker, as without it, so
+# that no two of them share the two cores; the other tests run beside them, a file per worker at
+# a time (a file's module fixtures are built once). (xdist's own `--dist loadgroup` cannot say
+# so under pytest 9: it renames items through `_nodeid`, which pytest 9 no longer reads.)
 PROCESS_TESTS = {"test_daemon.py", "test_daemon_soak.py", "test_daemon_workers.py", "test_first_run.py",
                  "test_telegram_daemon.py", "test_telegram_scenarios.py"}
 
 
-@pytest.hookimpl(tryfirst=True)   # before xdist's own, which reads the groups
-def pytest_collection_modifyitems(config, items):
-    if not config.pluginmanager.hasplugin("xdist"):
-        return
-    for item in items:
-        name = item.path.name
-        item.add_marker(pytest.mark.xdist_group("processes" if name in PROCESS_TESTS else name))
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ProcessTestsTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return "process tests" if Path(path).name in PROCESS_TESTS else path
+
+    return ProcessTestsTogether(config, log)
