@@ -198,4 +198,7 @@ def pytest_xdist_make_scheduler(config, log):
             path = nodeid.split("::", 1)[0]
             return "process tests" if Path(path).name in PROCESS_TESTS else path
 
+    # In the order collected (files by name): the process tests, the longest unit, start at once
+    # (xdist would otherwise start the units with the most tests first, and leave them the tail).
+    config.option.loadscopereorder = False
     return ProcessTestsTogether(config, log)
