@@ -29,4 +29,4 @@ check: install
 	$(PY) main.py check
 
 test: install
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2

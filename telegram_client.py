@@ -75,6 +75,8 @@ class TelegramTuning:
     offline_retry: float = 30.0             # a post cut off by a broken connection is tried again after
     page_wait: float = 1.0                  # pause between pages of history (Telethon's own default
                                             # for long reads: it keeps a backfill off flood limits)
+    hub_posts_per_minute: float | None = None   # None: HUB_POSTS_PER_MINUTE (tests go past its cap
+                                                # of 60: the fake Telegram has no such limit)
 
 
 class TelegramService:
@@ -97,7 +99,7 @@ class TelegramService:
         self.tuning = tuning or TelegramTuning()
         self.registry = AccountRegistry(settings, pool, client_factory, check_interval=self.tuning.account_check,
                                        connect_timeout=self.tuning.connect_timeout)
-        self.pacer = pacer or Pacer(settings.hub_posts_per_minute)
+        self.pacer = pacer or Pacer(self.tuning.hub_posts_per_minute or settings.hub_posts_per_minute)
         self.scanner: MessageScanner | None = None
         self.realtime: RealtimeScanner | None = None
         self.downloader: MediaDownloadManager | None = None

@@ -38,6 +38,13 @@ def pg_server():
     base = Path(tempfile.mkdtemp(prefix="fa-pg-"))
     os.chmod(base, 0o755)  # as root, the server runs as another user that must reach it
     server = database.embedded_server(base / "pgdata", cleanup_mode="delete")
+    # A scratch server, deleted after the run: no disk flush at every commit and CREATE DATABASE
+    # (that only matters if the machine itself crashes; a stopped or restarted server keeps its
+    # data). The tests of the server's own durability run servers of their own.
+    with psycopg.connect(server.get_uri("postgres"), autocommit=True) as conn:
+        for setting in ("fsync", "synchronous_commit", "full_page_writes"):
+            conn.execute(sql.SQL("ALTER SYSTEM SET {} = off").format(sql.Identifier(setting)))
+        conn.execute("SELECT pg_reload_conf()")
     yield server
     try:
         # Stopped here, not by cleanup(): that checks the postmaster it started, and a test that
@@ -55,7 +62,6 @@ def pg_server():
 
 
 pg_ctl = database.embedded_pg_ctl
-
 
 def pg_ctl_start(server, timeout: float = 30) -> str:
     """Start a server that a test stopped, as the package starts it (socket in pgdata, no TCP)."""
@@ -172,3 +178,27 @@ async def h(tmp_path, pool):
     harness = ServerHarness(tmp_path, pool)
     yield harness
     await harness.close()
+
+
+# The tests that run the daemon (or the README's commands) as processes and time them: under
+# pytest-xdist (`make test`: -n 2) they run one after the other in one worker, as without it, so
+# that no two of them share the two cores; the other tests run beside them, a file per worker at
+# a time (a file's module fixtures are built once). (xdist's own `--dist loadgroup` cannot say
+# so under pytest 9: it renames items through `_nodeid`, which pytest 9 no longer reads.)
+PROCESS_TESTS = {"test_daemon.py", "test_daemon_soak.py", "test_daemon_workers.py", "test_first_run.py",
+                 "test_telegram_daemon.py", "test_telegram_scenarios.py"}
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ProcessTestsTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return "process tests" if Path(path).name in PROCESS_TESTS else path
+
+    # In the order collected (files by name): the process tests, the longest unit, start at once
+    # (xdist would otherwise start the units with the most tests first, and leave them the tail).
+    config.option.loadscopereorder = False
+    return ProcessTestsTogether(config, log)

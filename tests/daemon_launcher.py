@@ -2,9 +2,11 @@
 
     python tests/daemon_launcher.py [main.py arguments…]
 
-- Timings are shortened (`main.Tuning`, `telegram_client.TelegramTuning`): leases of a few
-  seconds, so that the jobs of a process killed with -9 come back in seconds, not a minute; a
-  heartbeat file every second; a connect that takes more than 3 s is given up and tried again.
+- Timings are shortened (`main.Tuning`, `TelegramTuning`): leases of a few seconds, so that the jobs
+  of a process killed with -9 come back in seconds, not a minute; a heartbeat file every second;
+  a connect that takes more than 3 s is given up and tried again; ten posts a second into the hub
+  (HUB_POSTS_PER_MINUTE's cap, 60, is Telegram's limit, which the fake server does not have; the
+  pacing itself is test_uploader's).
 - With FA_TELEGRAM_SERVER=<unix socket>, the clients are real TelegramClients talking to the
   fake Telegram *server* a test serves on that socket (tests/telegram_wire.py): everything of
   Telethon above the network runs in the daemon, and the world stays in the test process, so a
@@ -38,7 +40,8 @@ def hooks() -> main.Hooks:
         import telegram_wire
         factory = telegram_wire.remote_factory(server, request_retries=2)
     telegram = TelegramTuning(sweep_poll=0.3, watched_refresh=0.5, account_check=0.5, actions_poll=0.3,
-                              uploads_poll=0.3, offline_retry=2.0, page_wait=0.0, connect_timeout=3.0)
+                              uploads_poll=0.3, offline_retry=2.0, page_wait=0.0, connect_timeout=3.0,
+                              hub_posts_per_minute=600)
     return main.Hooks(telegram_client_factory=factory, tuning=TUNING, telegram_tuning=telegram)
 
 

@@ -34,8 +34,9 @@ from telegram_wire import serve
 
 
 class ServedWorld:
-    def __init__(self, base: Path, faces_dir: Path, conninfo: str, *, env: dict[str, str] | None = None):
-        self.server = TelegramServer()
+    def __init__(self, base: Path, faces_dir: Path, conninfo: str, *, env: dict[str, str] | None = None,
+                 server: TelegramServer | None = None):
+        self.server = server if server is not None else TelegramServer()
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
@@ -60,7 +61,8 @@ class ServedWorld:
         return asyncio.run_coroutine_threadsafe(run(), self.loop).result(30)
 
     def close(self) -> None:
-        self.call(self.listener.close)
+        if self.listener is not None:
+            self.call(self.listener.close)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
         assert not self.server.bugs, f"the fake Telegram failed on requests: {self.server.bugs}"

@@ -13,12 +13,10 @@ that shows a person posted into that person's topic exactly once, and nothing el
 
 from __future__ import annotations
 
-import asyncio
 import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -28,6 +26,7 @@ import pytest
 
 import database
 from conftest import ROOT, create_database, pg_ctl, pg_ctl_start
+from served_world import ServedWorld
 from server_harness import HarnessServer, Network
 from telegram_wire import serve
 from test_daemon_workers import Daemon, wait_until
@@ -45,46 +44,27 @@ BOTH = "group_obama_biden_composite.jpg"
 NOBODY = ["kamala_harris_01.jpg", "noface_cat.png"]   # seen once, or no face at all
 
 
-class World:
-    """A fake Telegram server (tests/telegram_server.py) with one account, a hub and a family chat
-    full of photos, served on a Unix socket (tests/telegram_wire.py) by an event loop in a thread
-    of this process: the daemon in a subprocess uses real TelegramClients against it
-    (FA_TELEGRAM_SERVER). The server's state is only touched in that loop (`call`)."""
+class World(ServedWorld):
+    """tests/served_world.py's world, built as these tests need it: one account, a hub and a family
+    chat full of photos (history, before the daemon ever ran); the server a `HarnessServer` with a
+    `Network`, so that the network between the daemon and Telegram can go away (`set_online`)."""
 
     def __init__(self, base: Path, faces_dir: Path, conninfo: str, photos: list[str]):
-        self.server = HarnessServer()
+        server = HarnessServer()
+        server.add_account(PHONE)        # first: the ids of the world are those it always had
+        super().__init__(base, faces_dir, conninfo, env=PHOTOS_ENV, server=server)
         self.network = Network(self.server)
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.socket = base / "telegram.sock"
-        self.listener = self.call(serve, self.server, self.socket)
-        self.faces_dir = faces_dir
-        self.conninfo = conninfo
         self.files: dict[tuple[int, int], str] = {}     # (chat, message) -> file name
-        self.server.add_account(PHONE)
-        self.hub = self.server.add_hub("Faces hub", members=[PHONE])
-        self.chat = self.server.add_chat("Family", kind="supergroup", members=[PHONE])
+        self.call(self.server.join, self.hub, PHONE, admin=True)
+        self.chat = self.call(self.server.add_chat, "Family", kind="supergroup", members=[PHONE])
         for name in photos:
             self.post(self.chat, name, deliver=False)   # history, before the daemon ever ran
-        sessions = base / "data" / "sessions"
-        sessions.mkdir(parents=True, exist_ok=True)
-        self.server.login(PHONE, sessions / "15550001.session")
-        with psycopg.connect(conninfo) as conn:
-            account = conn.execute("INSERT INTO telegram_accounts (phone_number, session_file_path) "
-                                   "VALUES (%s, %s) RETURNING id", (PHONE, "15550001.session")).fetchone()[0]
-            conn.execute("INSERT INTO scan_checkpoints (account_id, chat_id, chat_title, chat_type) "
-                         "VALUES (%s, %s, 'Family', 'supergroup')", (account, self.chat))
-        self.env = {"TG_API_ID": "12345", "TG_API_HASH": "0123456789abcdef0123456789abcdef",
-                    "HUB_GROUP_ID": str(self.hub), "FLOOD_SLEEP_THRESHOLD": "0", "HUB_POSTS_PER_MINUTE": "60",
-                    "FA_TELEGRAM_SERVER": str(self.socket)} | PHOTOS_ENV
-
-    def call(self, fn, *args, **kwargs):
-        """Run `fn` (a function or a coroutine function) in the server's loop; its result."""
-        async def run():
-            result = fn(*args, **kwargs)
-            return await result if asyncio.iscoroutine(result) else result
-        return asyncio.run_coroutine_threadsafe(run(), self.loop).result(30)
+        self.call(self.server.login, PHONE, self.sessions / "15550001.session")
+        account = self.sql("INSERT INTO telegram_accounts (phone_number, session_file_path) "
+                           "VALUES (%s, %s) RETURNING id", PHONE, "15550001.session")[0][0]
+        self.account_ids[PHONE] = account
+        self.sql("INSERT INTO scan_checkpoints (account_id, chat_id, chat_title, chat_type) "
+                 "VALUES (%s, %s, 'Family', 'supergroup')", account, self.chat)
 
     def post(self, chat: int, name: str, *, deliver: bool = True) -> int:
         media = self.call(self.server.photo, self.faces_dir / name)
@@ -106,13 +86,6 @@ class World:
                 self.listener = None
                 self.socket.unlink(missing_ok=True)
 
-    def close(self) -> None:
-        if self.listener is not None:
-            self.call(self.listener.close)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
-        assert not self.server.bugs, f"the fake Telegram failed on requests: {self.server.bugs}"
-
     def hub_content(self) -> dict[int, list[str]]:
         """{topic id: [file name of each post's source message, in order]} ('cover' for the crop)."""
         content: dict[int, list[str]] = {}
@@ -124,16 +97,8 @@ class World:
         return content
 
     def settled(self) -> bool:
-        """Every job finished and every due post sent (read in one statement: one snapshot, so
-        jobs inserted between two reads cannot look finished)."""
-        with psycopg.connect(self.conninfo) as conn:
-            jobs, open_jobs, unsent, topics = conn.execute(
-                """SELECT (SELECT count(*) FROM media_jobs),
-                          (SELECT count(*) FROM media_jobs WHERE status IN ('queued', 'staged')),
-                          (SELECT count(*) FROM uploaded_media WHERE status <> 'posted'),
-                          (SELECT count(*) FROM telegram_topics WHERE topic_id IS NULL
-                                  AND merged_into IS NULL AND NOT hidden)""").fetchone()
-        return jobs == len(self.files) and open_jobs == 0 and unsent == 0 and topics == 0
+        """Every job finished and every due post sent (one snapshot: see ServedWorld.settled)."""
+        return super().settled(len(self.files))
 
 
 def assert_posted_exactly_once(w: World) -> dict[str, int]:

@@ -166,11 +166,18 @@ def copy_of(admin_conninfo: str, template: str) -> str:
 PASSWORD = "correct horse battery staple"
 
 
+_filled: dict[str, str] = {}      # the test server's admin conninfo -> its filled database
+
+
 @pytest.fixture(scope="session")
 def filled_template(admin_conninfo, template_db, analysed_faces, dlib_processor, tmp_path_factory) -> str:
-    """The name of the filled database that every dashboard test copies."""
-    return asyncio.run(build(admin_conninfo, template_db, analysed_faces, dlib_processor,
-                             tmp_path_factory.mktemp("dashboard-pipeline")))
+    """The name of the filled database that every dashboard test copies, built once per run: each
+    module that imports this fixture has a session fixture of its own, and they share the one
+    database (nobody writes into it; tests write into their copies)."""
+    if admin_conninfo not in _filled:
+        _filled[admin_conninfo] = asyncio.run(build(admin_conninfo, template_db, analysed_faces, dlib_processor,
+                                                    tmp_path_factory.mktemp("dashboard-pipeline")))
+    return _filled[admin_conninfo]
 
 
 @pytest.fixture
