@@ -75,17 +75,15 @@ class AccountRegistry:
         """Connect a client for every account to hold; return their ids. An account that cannot be
         used (not logged in, session held elsewhere) is recorded with a reason and left out."""
         async with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-            await cur.execute(queries.tg_active_accounts)
-            rows = await cur.fetchall()
-            await cur.execute(queries.tg_inactive_accounts)
-            for row in await cur.fetchall():   # opened once active again (_reopen_logged_in_again)
-                self._dropped[row["id"]] = Account(row["id"], row["phone_number"], session_path(
-                    self.settings, row["session_file_path"], row["phone_number"]))
+            await cur.execute(queries.tg_all_accounts)
+            every = await cur.fetchall()
+        rows = [row for row in every if row["status"] == "active"]
+        # The others (logged out, banned, paused, …) are opened once active again (_reopen_logged_in_again).
+        self._dropped.update((row["id"], self._account(row)) for row in every if row["status"] != "active")
         self.hub_account_id = self._pick_hub(rows)
         prepare_sessions_dir(self.settings.sessions_path)
         for row in rows:
-            account = Account(row["id"], row["phone_number"],
-                              session_path(self.settings, row["session_file_path"], row["phone_number"]))
+            account = self._account(row)
             try:
                 await self._open(account)
             except AccountError as exc:
@@ -101,6 +99,10 @@ class AccountRegistry:
         if not self._held:
             logger.warning("no Telegram account is usable; log one in with `python init_account.py`")
         return self.account_ids()
+
+    def _account(self, row: dict[str, Any]) -> Account:
+        return Account(row["id"], row["phone_number"],
+                       session_path(self.settings, row["session_file_path"], row["phone_number"]))
 
     def _pick_hub(self, rows: list[dict[str, Any]]) -> int | None:
         wanted = (self.settings.hub_account or "").strip()

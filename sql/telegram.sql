@@ -12,13 +12,9 @@
 SELECT id, phone_number, session_file_path, status, telegram_user_id, username, display_name
 FROM telegram_accounts WHERE status = 'active' ORDER BY id;
 
--- name: tg_inactive_accounts
--- The accounts the daemon does not hold at start (logged out, banned, frozen, paused, in error):
--- watched, so that one made active again (init_account.py, the dashboard) is opened without a restart.
-SELECT id, phone_number, session_file_path FROM telegram_accounts WHERE status <> 'active' ORDER BY id;
-
 -- name: tg_all_accounts
--- Every account, for the scripts' listings and for resolving "id or phone" on the command line.
+-- Every account, for the scripts' listings, for resolving "id or phone" on the command line, and
+-- for the daemon's start (it holds the active ones and watches the others become active again).
 SELECT id, phone_number, session_file_path, status, telegram_user_id, username, display_name,
        flood_wait_until, last_error
 FROM telegram_accounts ORDER BY id;
