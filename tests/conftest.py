@@ -63,6 +63,7 @@ def pg_server():
 
 pg_ctl = database.embedded_pg_ctl
 
+
 def pg_ctl_start(server, timeout: float = 30) -> str:
     """Start a server that a test stopped, as the package starts it (socket in pgdata, no TCP)."""
     return pg_ctl(server, "-w", "-o", '-h ""', "-o", f"-k {server.pgdata}", "-l",
@@ -186,7 +187,7 @@ async def h(tmp_path, pool):
 # a time (a file's module fixtures are built once). (xdist's own `--dist loadgroup` cannot say
 # so under pytest 9: it renames items through `_nodeid`, which pytest 9 no longer reads.)
 PROCESS_TESTS = {"test_daemon.py", "test_daemon_soak.py", "test_daemon_workers.py", "test_first_run.py",
-                 "test_telegram_daemon.py", "test_telegram_scenarios.py"}
+                 "test_telegram_daemon.py", "test_telegram_live.py", "test_telegram_scenarios.py"}
 
 
 @pytest.hookimpl(optionalhook=True)

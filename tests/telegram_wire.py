@@ -209,11 +209,16 @@ def remote_factory(path: str | Path, **overrides: Any):
     from sessions import client_options
 
     def make(account: Any, settings: Any) -> TelegramClient:
-        client = TelegramClient(str(account.session_path), settings.tg_api_id or API_ID, API_HASH,
-                                **(client_options(settings) | overrides))
-        old = client._sender
-        client._sender = RemoteSender(str(path), old.auth_key, loggers=client._log,
-                                      updates_queue=client._updates_queue,
-                                      auto_reconnect_callback=old._auto_reconnect_callback)
-        return client
+        return remote_client(path, account.session_path, settings.tg_api_id or API_ID,
+                             **(client_options(settings) | overrides))
     return make
+
+
+def remote_client(path: str | Path, session: str | Path, api_id: int = API_ID, **options: Any) -> TelegramClient:
+    """A real TelegramClient on the session file `session`, talking to the server at `path`."""
+    client = TelegramClient(str(session), api_id, API_HASH, **options)
+    old = client._sender
+    client._sender = RemoteSender(str(path), old.auth_key, loggers=client._log,
+                                  updates_queue=client._updates_queue,
+                                  auto_reconnect_callback=old._auto_reconnect_callback)
+    return client

@@ -110,14 +110,19 @@ def test_a_merge_keeps_the_chosen_cover_and_the_bigger_person(db):  # noqa: F811
                       (first,)).fetchone() == (chosen, True)
 
 
-def test_a_persons_faces_page_through_everything_with_counts(db):  # noqa: F811
-    person = biden(db)
-    [face] = faces_of(db, person)[:1]
+def add_copies(db, face: int, n: int) -> None:
+    """`n` more faces of `face`'s person: copies of it, of lower quality (they sort after it)."""
     db.execute("""INSERT INTO face_embeddings (topic_id, embedding, source_chat_id, source_message_id,
                                                quality_score, state, crop_jpeg, media_item_id)
                   SELECT topic_id, embedding, source_chat_id, source_message_id, quality_score * 0.5,
                          state, crop_jpeg, media_item_id
-                  FROM face_embeddings, generate_series(1, 100) WHERE id = %s""", (face,))
+                  FROM face_embeddings, generate_series(1, %s) WHERE id = %s""", (n, face))
+
+
+def test_a_persons_faces_page_through_everything_with_counts(db):  # noqa: F811
+    person = biden(db)
+    [face] = faces_of(db, person)[:1]
+    add_copies(db, face, 100)
     total = len(faces_of(db, person))
     at = signed_in("person", person=str(person))
     assert f"1–96 of {total} faces, best first" in [c.value for c in at.caption]
@@ -190,11 +195,7 @@ def test_review_splits_a_person_offered_and_reclusters_behind_a_confirmation(db)
 def test_range_selects_every_face_between_two_clicks_in_reading_order(db):  # noqa: F811
     person = biden(db)
     [face] = faces_of(db, person)[:1]
-    db.execute("""INSERT INTO face_embeddings (topic_id, embedding, source_chat_id, source_message_id,
-                                               quality_score, state, crop_jpeg, media_item_id)
-                  SELECT topic_id, embedding, source_chat_id, source_message_id, quality_score * 0.5,
-                         state, crop_jpeg, media_item_id
-                  FROM face_embeddings, generate_series(1, 14) WHERE id = %s""", (face,))
+    add_copies(db, face, 14)
     faces = faces_of(db, person)                          # 19 faces: rows of 8, 8 and 3
     other = persons(db)["Person 1"]
     at = signed_in("person", person=str(person))

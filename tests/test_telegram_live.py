@@ -21,23 +21,12 @@ import pytest
 from media_fixtures import faces_dir
 from served_world import ServedWorld
 from server_harness import eventually, run_components
-from test_daemon import BIDEN, OBAMA, PHOTOS_ENV, db, daemons  # noqa: F401  (fixtures)
-from test_daemon_workers import Daemon, process_gone, wait_until
-from test_telegram_scenarios import assert_posted_exactly_once
+from test_daemon import BIDEN, OBAMA, db, daemons  # noqa: F401  (fixtures)
+from test_daemon_workers import process_gone, wait_until
+from test_telegram_scenarios import assert_posted_exactly_once, daemon, world  # noqa: F401  (world: a fixture)
 
 A = "+15550001"
 FACES = faces_dir()
-
-
-@pytest.fixture
-def world(tmp_path, db, faces_dir):  # noqa: F811
-    w = ServedWorld(tmp_path, faces_dir, db, env=PHOTOS_ENV)
-    yield w
-    w.close()
-
-
-def daemon(w: ServedWorld, tmp_path, db, **env: str) -> Daemon:  # noqa: F811
-    return Daemon(tmp_path, db, "run", env=w.env | {"NUM_WORKERS": "1"} | env)
 
 
 def job_of(w: ServedWorld, chat: int, message: int) -> str | None:

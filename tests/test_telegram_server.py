@@ -479,20 +479,12 @@ async def test_an_account_not_active_at_the_start_is_opened_once_it_is_logged_in
 
 
 async def test_a_request_the_fake_cannot_answer_is_a_server_error_at_once_and_fails_the_world(tmp_path, db_conninfo):
-    from telethon import TelegramClient
-
     from served_world import ServedWorld
-    from telegram_server import API_HASH, API_ID
-    from telegram_wire import RemoteSender
+    from telegram_wire import remote_client
 
     w = ServedWorld(tmp_path, FACES, db_conninfo)
     w.add_account(A)
-    client = TelegramClient(str(w.sessions / "15550001.session"), API_ID, API_HASH,
-                            request_retries=1, receive_updates=False)
-    old = client._sender
-    client._sender = RemoteSender(str(w.socket), old.auth_key, loggers=client._log,
-                                  updates_queue=client._updates_queue,
-                                  auto_reconnect_callback=old._auto_reconnect_callback)
+    client = remote_client(w.socket, w.sessions / "15550001.session", request_retries=1, receive_updates=False)
     await client.connect()
     try:
         # Not one the fake knows: before, its NotImplementedError died in the serving task and
