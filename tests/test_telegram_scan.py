@@ -31,6 +31,11 @@ async def checkpoint(pool, chat_id: int) -> dict:
     return row
 
 
+async def _deferred(pool, chat_id: int) -> dict | None:
+    cp = await checkpoint(pool, chat_id)
+    return cp if cp["deferred_until"] is not None else None
+
+
 async def job_ids(pool, chat_id: int) -> list[int]:
     found = await rows(pool, "SELECT source_message_id FROM media_jobs WHERE source_chat_id = %s "
                              "ORDER BY source_message_id", chat_id)
@@ -223,7 +228,8 @@ async def test_a_long_flood_wait_pauses_only_that_account_and_the_work_completes
     _, stop = await run_components(service)
     try:
         paused = await eventually(lambda: _account(pool, a, "flood_wait_until IS NOT NULL"), what="A's pause")
-        cp = await checkpoint(pool, chat_a)
+        # The chat's deferral is written just after the account's pause, in its own transaction.
+        cp = await eventually(lambda: _deferred(pool, chat_a), what="A's chat deferred")
         assert cp["deferred_until"] is not None and cp["last_processed_message_id"] == 100
         assert "flood wait of 3 s" in cp["last_error"]
         await eventually(lambda: _mode(pool, chat_b, "realtime"), what="B's backfill")
